@@ -1,0 +1,1 @@
+"""The audit trail: a Provenance and an AuditEvent for every change, hash-chained."""

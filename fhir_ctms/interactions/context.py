@@ -1,0 +1,88 @@
+"""The values interactions take and return, free of any web framework."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import format_datetime
+from typing import Any
+
+from ..audit.records import Actor
+from ..config import Settings
+from ..storage.repository import Repository, Stored
+
+
+@dataclass(frozen=True, slots=True)
+class FhirRequest:
+    """One interaction as a value: method, the URL's parts, query parameters, headers, body.
+
+    ``headers`` has lower-case names; ``params`` keeps repeated parameters in order.
+    """
+
+    method: str
+    type: str | None = None
+    id: str | None = None
+    vid: str | None = None
+    params: tuple[tuple[str, str], ...] = ()
+    #: the raw query string (conditional interactions take their criteria from it)
+    query: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    #: which interaction this is (a key of ``fhir_ctms.interactions.table.INTERACTIONS``)
+    interaction: str = ""
+    #: a resource already parsed (a Bundle entry's); used instead of ``body``
+    resource: dict[str, Any] | None = None
+
+    def param(self, name: str) -> str | None:
+        for key, value in self.params:
+            if key == name:
+                return value
+        return None
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+@dataclass(slots=True)
+class FhirResponse:
+    """What an interaction produced. ``body`` is either a JSON value to serialise or stored
+    JSON text to send unchanged (``raw``); ``stored`` is the version the response is about."""
+
+    status: int
+    body: Any = None
+    raw: str | None = None
+    stored: Stored | None = None
+    location: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    #: an OperationOutcome to send when the client prefers return=OperationOutcome
+    outcome: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Context:
+    repo: Repository
+    settings: Settings
+    base: str
+    actor: Actor = field(default_factory=Actor)
+    #: why the change is made (``X-Reason``), recorded in Provenance and AuditEvent
+    reason: str | None = None
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def instant(ts_us: int) -> str:
+    """FHIR instant (UTC, microseconds) of a stored timestamp."""
+    dt = datetime.fromtimestamp(ts_us / 1_000_000, tz=timezone.utc)
+    return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def http_date(ts_us: int) -> str:
+    return format_datetime(datetime.fromtimestamp(ts_us // 1_000_000, tz=timezone.utc), usegmt=True)
+
+
+def etag(version: int) -> str:
+    return f'W/"{version}"'

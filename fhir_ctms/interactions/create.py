@@ -1,0 +1,29 @@
+"""create (R5 http.html#create), with conditional create (``If-None-Exist``, #ccreate).
+
+The server assigns the id (any id in the body is ignored, as the spec says).
+Conditional create: no match creates, one match returns it with 200, several
+matches fail with 412.
+"""
+
+from __future__ import annotations
+
+from ..resources.validate import validate_resource
+from ..storage.repository import Session
+from .common import body_resource, match_conditional, require_type, single_match
+from .context import Context, FhirRequest, FhirResponse
+from .persist import new_id, write
+
+
+async def create(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
+    rtype = require_type(req.type)
+    resource = body_resource(req, rtype)
+    resource.pop("id", None)
+    validate_resource(resource)
+    criteria = req.header("if-none-exist")
+    if criteria:
+        existing = single_match(await match_conditional(s, rtype, criteria, what="If-None-Exist"),
+                                "If-None-Exist")
+        if existing is not None:
+            return FhirResponse(200, raw=existing.content, stored=existing)
+    stored = await write(s, ctx, rtype, new_id(), resource, "create", None)
+    return FhirResponse(201, raw=stored.content, stored=stored)

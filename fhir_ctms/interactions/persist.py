@@ -1,0 +1,62 @@
+"""The one write path: a new version, its index rows and its two audit records, in one transaction.
+
+Every interaction that changes data (create, update, patch, delete, and each
+entry of a batch or transaction) ends in :func:`write`, so no change can be
+stored without its Provenance and AuditEvent, and none of them without the
+others: they share the caller's database transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from ..audit import chain, records
+from ..errors import Conflict
+from ..resources.json import dumps
+from ..search.tokens import extract
+from ..storage.repository import Session, Stored, VersionConflict
+from .context import Context, instant, now_us
+
+_METHOD = {"create": "POST", "update": "PUT", "patch": "PATCH", "delete": "DELETE"}
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _stamp(resource: dict[str, Any], rid: str, version: int, ts_us: int) -> str:
+    resource["id"] = rid
+    meta = resource.get("meta")
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = instant(ts_us)
+    resource["meta"] = meta
+    return dumps(resource).decode()
+
+
+async def write(s: Session, ctx: Context, rtype: str, rid: str, resource: dict[str, Any] | None,
+                interaction: str, current: Stored | None) -> Stored:
+    """Store ``resource`` (None: a deletion) as the version after ``current`` and audit it."""
+    version = current.version + 1 if current else 1
+    ts = now_us() if current is None else max(now_us(), current.ts_us + 1)
+    content = _stamp(resource, rid, version, ts) if resource is not None else None
+    new = Stored(rtype, rid, version, ts, resource is None, content, _METHOD[interaction])
+    try:
+        await s.put(new, previous=current.version if current else None)
+    except VersionConflict as exc:
+        raise Conflict(str(exc)) from exc
+    await s.set_tokens(rtype, rid, extract(resource) if resource is not None else [])
+    await _audit(s, ctx, f"{rtype}/{rid}/_history/{version}", interaction, ts)
+    return new
+
+
+async def _audit(s: Session, ctx: Context, target: str, interaction: str, ts: int) -> None:
+    why = ctx.reason or ctx.settings.default_reason
+    for build in (records.provenance, records.audit_event):
+        record = build(target, interaction, instant(ts), ctx.actor, why, ctx.settings.source_name)
+        rid = new_id()
+        rtype = record["resourceType"]
+        content = _stamp(record, rid, 1, ts)
+        await s.put(Stored(rtype, rid, 1, ts, False, content, "POST"), previous=None)
+        await chain.append(s, rtype, rid, record)

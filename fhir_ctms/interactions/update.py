@@ -1,0 +1,71 @@
+"""update (R5 http.html#update), update-as-create, conditional update (#cond-update), If-Match.
+
+- The body's id must equal the URL's id (400 otherwise).
+- A new id is created with the client's id (update as create, 201).
+- ``If-Match`` makes the update apply only to the version the client read (412).
+- An update that changes nothing but ``meta.versionId``/``lastUpdated`` creates
+  no new version (a no-op update, 200 with the current version).
+- Conditional update: no match creates (with the body's id if any), one match
+  updates it, several fail with 412.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import BadRequest
+from ..resources.json import loads
+from ..resources.validate import validate_resource
+from ..storage.repository import Session, Stored
+from .common import (body_resource, check_if_match, forbid_audit_change, match_conditional, require_id,
+                     require_type, single_match)
+from .context import Context, FhirRequest, FhirResponse
+from .persist import new_id, write
+
+
+def _same_content(a: dict[str, Any], stored: Stored) -> bool:
+    if stored.deleted or stored.content is None:
+        return False
+    b = loads(stored.content)
+
+    def strip(r: dict[str, Any]) -> dict[str, Any]:
+        r = dict(r)
+        meta = dict(r.get("meta") or {})
+        meta.pop("versionId", None)
+        meta.pop("lastUpdated", None)
+        if meta:
+            r["meta"] = meta
+        else:
+            r.pop("meta", None)
+        return r
+
+    return strip(a) == strip(b)
+
+
+async def update(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
+    rtype = require_type(req.type)
+    forbid_audit_change(rtype, "update")
+    resource = body_resource(req, rtype)
+    body_id = resource.get("id")
+    if req.id is not None:
+        rid = require_id(req.id)
+        if body_id != rid:
+            raise BadRequest(f"The resource id {body_id!r} does not match the URL's id {rid!r}")
+    else:
+        match = single_match(await match_conditional(s, rtype, req.query, what="Conditional update"),
+                             "Conditional update")
+        if match is not None:
+            if body_id is not None and body_id != match.id:
+                raise BadRequest(f"The resource id {body_id!r} is not the id of the matching resource")
+            rid = match.id
+        else:
+            rid = body_id if isinstance(body_id, str) else new_id()
+        resource["id"] = rid
+    validate_resource(resource)
+    current = await s.current(rtype, rid, for_update=True)
+    check_if_match(req, current)
+    if current is not None and _same_content(resource, current):
+        return FhirResponse(200, raw=current.content, stored=current)
+    stored = await write(s, ctx, rtype, rid, resource, "update", current)
+    created = current is None
+    return FhirResponse(201 if created else 200, raw=stored.content, stored=stored)

@@ -1,0 +1,1 @@
+"""The one place that parses, validates and serialises FHIR JSON."""

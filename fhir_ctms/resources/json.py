@@ -1,0 +1,49 @@
+"""FHIR JSON in and out: orjson, with the checks the spec asks of a JSON body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..errors import BadRequest, Issue
+from .registry import is_resource_type
+
+
+def loads(body: bytes | str) -> Any:
+    """Parse JSON text; malformed JSON (or nesting deeper than orjson allows) is a 400."""
+    try:
+        return orjson.loads(body)
+    except (orjson.JSONDecodeError, RecursionError) as exc:
+        raise BadRequest("Malformed JSON: " + str(exc).split(":")[0],
+                         issues=[Issue("structure", f"Malformed JSON: {exc}")]) from exc
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def dumps_pretty(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2)
+
+
+def canonical(value: Any) -> bytes:
+    """Sorted-key serialisation: the same bytes whatever database stored the value."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def parse_resource(body: bytes | str, expected_type: str | None = None) -> dict[str, Any]:
+    """Parse a request body that must be one resource (of ``expected_type`` if given)."""
+    value = loads(body)
+    if not isinstance(value, dict):
+        raise BadRequest("The body is not a JSON object", issues=[Issue("structure", "The body is not a JSON object")])
+    rtype = value.get("resourceType")
+    if not isinstance(rtype, str) or not is_resource_type(rtype):
+        raise BadRequest(f"Unknown or missing resourceType {rtype!r}",
+                         issues=[Issue("structure", f"Unknown or missing resourceType {rtype!r}",
+                                       expression=("resourceType",))])
+    if expected_type is not None and rtype != expected_type:
+        raise BadRequest(f"resourceType {rtype} does not match the URL's type {expected_type}",
+                         issues=[Issue("invalid", f"resourceType {rtype} does not match the URL's type {expected_type}",
+                                       expression=("resourceType",))])
+    return value

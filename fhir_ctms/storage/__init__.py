@@ -1,0 +1,1 @@
+"""Persistence: one repository interface (``repository``) and its SQL implementation (``sql``)."""

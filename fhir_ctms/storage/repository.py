@@ -1,0 +1,131 @@
+"""The one repository interface in front of the database.
+
+A :class:`Repository` hands out :class:`Session` objects; a session is one
+database transaction (a unit of work): everything written through it, the
+resource versions, their index rows and their audit records, commits or rolls
+back together. FHIR semantics (``fhir_ctms.interactions``) are written against
+these two classes only; ``fhir_ctms.storage.sql`` implements them for SQLite
+and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+#: the predecessor hash of the first audit chain link
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One stored version. ``content`` is the JSON text exactly as stored (None when deleted)."""
+
+    type: str
+    id: str
+    version: int
+    ts_us: int
+    deleted: bool
+    content: str | None
+    method: str = "PUT"
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An index value; in a query, ``system=None`` matches any system and ``""`` no system."""
+
+    param: str
+    system: str | None
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """Which versions a history interaction lists, newest first.
+
+    ``type``/``id`` narrow to type or instance level; ``since_us`` keeps versions
+    written at or after it; ``at`` = (start, end) keeps versions current at some
+    time in [start, end); ``before_seq`` is the keyset cursor of the next page.
+    """
+
+    type: str | None = None
+    id: str | None = None
+    since_us: int | None = None
+    at: tuple[int, int] | None = None
+    before_seq: int | None = None
+    count: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class ChainLink:
+    seq: int
+    type: str
+    id: str
+    content_hash: str
+    prev_hash: str
+    chain_hash: str
+
+
+class VersionConflict(Exception):
+    """The current version was not the one the write expected (raised by :meth:`Session.put`)."""
+
+
+class Session(ABC):
+    """One database transaction."""
+
+    @abstractmethod
+    async def current(self, rtype: str, rid: str, *, for_update: bool = False) -> Stored | None:
+        """The current version (possibly a deletion tombstone), locked when ``for_update``."""
+
+    @abstractmethod
+    async def version(self, rtype: str, rid: str, version: int) -> Stored | None: ...
+
+    @abstractmethod
+    async def put(self, new: Stored, *, previous: int | None) -> None:
+        """Append ``new`` to the history and make it current.
+
+        ``previous`` is the version that must be current (None: the id must be
+        new); otherwise :class:`VersionConflict` is raised and nothing is written.
+        """
+
+    @abstractmethod
+    async def set_tokens(self, rtype: str, rid: str, tokens: Sequence[Token]) -> None:
+        """Replace the index rows of a resource."""
+
+    @abstractmethod
+    async def find(self, rtype: str, ids: Sequence[str] | None, tokens: Sequence[Sequence[Token]],
+                   limit: int, after_id: str | None = None) -> list[Stored]:
+        """Current, non-deleted resources of ``rtype`` with an id in ``ids`` (when given) and,
+        for each inner sequence of ``tokens``, at least one of its tokens (AND of ORs),
+        ordered by id after ``after_id``."""
+
+    @abstractmethod
+    async def history(self, query: HistoryQuery) -> list[Stored]: ...
+
+    @abstractmethod
+    async def lock(self, key: str) -> None:
+        """Serialise with every other session locking the same key until this one ends."""
+
+    @abstractmethod
+    async def chain_head(self) -> str:
+        """The chain hash of the newest audit link (locks the chain for this transaction)."""
+
+    @abstractmethod
+    async def append_link(self, link: ChainLink) -> None: ...
+
+    @abstractmethod
+    async def links(self, after_seq: int, limit: int) -> list[ChainLink]: ...
+
+
+class Repository(ABC):
+    partition: str
+
+    @abstractmethod
+    def session(self, *, write: bool) -> AbstractAsyncContextManager[Session]:
+        """A unit of work; commits on normal exit, rolls back on an exception."""
+
+    @abstractmethod
+    async def close(self) -> None: ...

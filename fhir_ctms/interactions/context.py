@@ -44,6 +44,14 @@ class FhirRequest:
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
 
+    def prefer(self, key: str) -> str | None:
+        """A preference of the ``Prefer`` header (RFC 7240), e.g. ``return`` or ``handling``."""
+        for item in (self.headers.get("prefer") or "").replace(";", ",").split(","):
+            name, _, value = item.strip().partition("=")
+            if name.strip().lower() == key:
+                return value.strip().strip('"')
+        return None
+
 
 @dataclass(slots=True)
 class FhirResponse:

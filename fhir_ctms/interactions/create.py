@@ -25,5 +25,6 @@ async def create(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
                                 "If-None-Exist")
         if existing is not None:
             return FhirResponse(200, raw=existing.content, stored=existing)
-    stored = await write(s, ctx, rtype, new_id(), resource, "create", None)
+    # in a transaction the id is assigned before processing (so references can point at it)
+    stored = await write(s, ctx, rtype, req.id or new_id(), resource, "create", None)
     return FhirResponse(201, raw=stored.content, stored=stored)

@@ -26,12 +26,16 @@ def new_id() -> str:
 
 
 def _stamp(resource: dict[str, Any], rid: str, version: int, ts_us: int) -> str:
-    resource["id"] = rid
+    """Set id and meta.versionId/lastUpdated (in place, first after resourceType) and serialise."""
     meta = resource.get("meta")
     meta = dict(meta) if isinstance(meta, dict) else {}
     meta["versionId"] = str(version)
     meta["lastUpdated"] = instant(ts_us)
-    resource["meta"] = meta
+    head = {"resourceType": resource["resourceType"], "id": rid, "meta": meta}
+    rest = {k: v for k, v in resource.items() if k not in head}
+    resource.clear()
+    resource.update(head)
+    resource.update(rest)
     return dumps(resource).decode()
 
 

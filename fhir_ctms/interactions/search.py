@@ -18,7 +18,7 @@ from .history import page_size
 
 async def search(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
     rtype = require_type(req.type)
-    strict = "handling=strict" in (req.header("prefer") or "").replace(" ", "")
+    strict = req.prefer("handling") == "strict"
     crit = search_criteria.parse(req.params, strict=strict)
     count = page_size(req, ctx)
     cursor = req.param("_cursor")

@@ -11,7 +11,13 @@ from .registry import is_resource_type
 
 
 def loads(body: bytes | str) -> Any:
-    """Parse JSON text; malformed JSON (or nesting deeper than orjson allows) is a 400."""
+    """Parse JSON text; malformed JSON (or nesting deeper than orjson allows) is a 400.
+
+    A NUL character is refused too: FHIR strings may not contain it, and
+    PostgreSQL's JSONB cannot store it."""
+    if (b"\\u0000" if isinstance(body, bytes) else "\\u0000") in body:
+        raise BadRequest("JSON strings may not contain the NUL character (\\u0000)",
+                         issues=[Issue("value", "JSON strings may not contain the NUL character")])
     try:
         return orjson.loads(body)
     except (orjson.JSONDecodeError, RecursionError) as exc:

@@ -1,0 +1,1 @@
+"""HTTP adaptation: the FastAPI app, routes, content negotiation, and the error boundary."""

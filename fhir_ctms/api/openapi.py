@@ -1,0 +1,28 @@
+"""What the OpenAPI document says of bodies and common query parameters.
+
+The routes read bodies and parameters raw (FHIR has its own rules for both), so
+FastAPI cannot infer them; these fragments describe them for clients and for
+the schemathesis run in CI."""
+
+from __future__ import annotations
+
+_PARAMS = [
+    {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+    for name in ("_format", "_pretty", "_count", "_since", "_at", "_id", "identifier")
+]
+
+QUERY = {"parameters": _PARAMS}
+
+BODY = {
+    "parameters": _PARAMS,
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/fhir+json": {
+                "schema": {"type": "object", "properties": {"resourceType": {"type": "string"},
+                                                            "id": {"type": "string"}},
+                           "additionalProperties": True}
+            }
+        },
+    },
+}

@@ -1,0 +1,88 @@
+"""capabilities (R5 http.html#capabilities): the CapabilityStatement, generated.
+
+Everything in it is derived from what the server runs: the resource types from
+the R5 definitions, the interactions from ``table.INTERACTIONS`` and
+``bundle.CODES``, the search parameters from ``fhir_ctms.search``, the
+operations from ``fhir_ctms.operations``. Nothing is written by hand.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from .. import FHIR_VERSION, __version__
+from ..operations import OPERATIONS
+from ..resources.registry import AUDIT_TYPES, RESOURCE_TYPES, element_types
+from ..search.criteria import SUPPORTED
+from . import bundle
+from .table import INTERACTIONS
+
+_SEARCH_DOCS = {
+    "_id": ("http://hl7.org/fhir/SearchParameter/Resource-id", "token", "Logical id of this artifact"),
+    "identifier": (None, "token", "Business identifier ([system]|[value])"),
+}
+_NOT_FOR_AUDIT = {"update", "patch", "delete"}
+
+
+def _search_params(rtype: str) -> list[dict[str, Any]]:
+    out = []
+    for name in SUPPORTED:
+        if name == "identifier" and element_types(rtype, "identifier") != ["Identifier"]:
+            continue
+        definition, kind, doc = _SEARCH_DOCS[name]
+        param: dict[str, Any] = {"name": name, "type": kind, "documentation": doc}
+        param["definition"] = definition or f"http://hl7.org/fhir/SearchParameter/{rtype}-identifier"
+        out.append(param)
+    return out
+
+
+def _resource(rtype: str) -> dict[str, Any]:
+    codes = [i.code for i in INTERACTIONS.values() if i.level in ("instance", "type")
+             and not (rtype in AUDIT_TYPES and i.code in _NOT_FOR_AUDIT)]
+    writable = rtype not in AUDIT_TYPES
+    out: dict[str, Any] = {
+        "type": rtype,
+        "interaction": [{"code": c} for c in codes],
+        "versioning": "versioned-update",
+        "readHistory": True,
+        "updateCreate": writable,
+        "conditionalCreate": True,
+        "conditionalRead": "full-support",
+        "conditionalUpdate": writable,
+        "conditionalPatch": writable,
+        "conditionalDelete": "single" if writable else "not-supported",
+        "searchParam": _search_params(rtype),
+    }
+    ops = [op for op in OPERATIONS if rtype in op.resource_types]
+    if ops:
+        out["operation"] = [{"name": op.code, "definition": op.url} for op in ops]
+    return out
+
+
+@lru_cache(maxsize=8)
+def capability_statement(base: str, date: str) -> dict[str, Any]:
+    system = [i.code for i in INTERACTIONS.values() if i.level == "system"] + list(bundle.CODES)
+    rest: dict[str, Any] = {
+        "mode": "server",
+        "documentation": "FHIR R5 RESTful API of fhir-ctms. Every change is versioned and audited "
+                         "(a Provenance and an AuditEvent in the same transaction).",
+        "resource": [_resource(t) for t in sorted(RESOURCE_TYPES)],
+        "interaction": [{"code": c} for c in system],
+    }
+    system_ops = [op for op in OPERATIONS if op.system]
+    if system_ops:
+        rest["operation"] = [{"name": op.code, "definition": op.url} for op in system_ops]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date,
+        "publisher": "fhir-ctms",
+        "kind": "instance",
+        "software": {"name": "fhir-ctms", "version": __version__},
+        "implementation": {"description": "fhir-ctms FHIR R5 server", "url": base},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["json", "application/fhir+json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [rest],
+    }

@@ -1,0 +1,55 @@
+"""Every interaction the server implements, declared once.
+
+The HTTP layer and Bundle processing dispatch through :func:`perform`, and the
+CapabilityStatement is generated from :data:`INTERACTIONS`, so what is
+advertised is exactly what is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ..storage.repository import Session
+from .context import Context, FhirRequest, FhirResponse
+from .create import create
+from .delete import delete
+from .history import history
+from .patch import patch
+from .read import read, vread
+from .search import search
+from .update import update
+
+Handler = Callable[[FhirRequest, Context, Session], Awaitable[FhirResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    #: the CapabilityStatement code (R5 restful-interaction value set)
+    code: str
+    level: str  # "instance" | "type" | "system"
+    handler: Handler
+    writes: bool
+
+
+INTERACTIONS: dict[str, Interaction] = {
+    "read": Interaction("read", "instance", read, False),
+    "vread": Interaction("vread", "instance", vread, False),
+    "update": Interaction("update", "instance", update, True),
+    "patch": Interaction("patch", "instance", patch, True),
+    "delete": Interaction("delete", "instance", delete, True),
+    "history-instance": Interaction("history-instance", "instance", history, False),
+    "history-type": Interaction("history-type", "type", history, False),
+    "create": Interaction("create", "type", create, True),
+    "search-type": Interaction("search-type", "type", search, False),
+    "history-system": Interaction("history-system", "system", history, False),
+}
+
+
+async def perform(req: FhirRequest, ctx: Context, s: Session | None = None) -> FhirResponse:
+    """Run one interaction in ``s``, or in a session of its own."""
+    spec = INTERACTIONS[req.interaction]
+    if s is not None:
+        return await spec.handler(req, ctx, s)
+    async with ctx.repo.session(write=spec.writes) as own:
+        return await spec.handler(req, ctx, own)

@@ -161,11 +161,11 @@ class SqlSession(Session):
     async def lock(self, key: str) -> None:
         if self.pg:
             await self.conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                                    {"k": f"{self.partition}\x00{key}"})
+                                    {"k": f"{self.partition}/{key}"})
 
     # -- audit chain -----------------------------------------------------------------------
     async def chain_head(self) -> str:
-        await self.lock("\x00audit-chain")
+        await self.lock("audit-chain")  # no resource type is named so
         a = audit_chain.c
         head = (await self.conn.execute(select(a.chain_hash).where(a.partition == self.partition)
                                         .order_by(a.seq.desc()).limit(1))).scalar()

@@ -52,6 +52,7 @@ async def metadata(request: Request) -> Response:
 
 
 @router.post("", openapi_extra=BODY)
+@router.post("/", include_in_schema=False)
 async def batch_or_transaction(request: Request) -> Response:
     media = negotiate(request)
     check_body_type(request.headers.get("content-type"), _RESOURCE)

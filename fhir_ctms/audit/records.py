@@ -6,7 +6,8 @@
 - AuditEvent shaped after the IHE Basic Audit Log Patterns (BALP) "RESTful
   Create/Update/Patch/Delete" events: category ``rest``, ``code`` the RESTful
   interaction, ``action`` C/U/D, outcome success, the actor as requestor, the
-  server as source, the versioned reference as entity (role: domain resource).
+  server as source, the versioned reference as entity (role: domain resource),
+  the reason as ``authorization``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def provenance(target: str, interaction: str, recorded: str, actor: Actor, reaso
         "resourceType": "Provenance",
         "target": [{"reference": target}],
         "recorded": recorded,
-        "why": reason,
+        "authorization": [{"concept": {"text": reason}}],
         "activity": {"coding": [{"system": V3_DATA_OPERATION, "code": activity}]},
         "agent": [
             {"type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "author"}]},

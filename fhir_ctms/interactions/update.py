@@ -67,5 +67,5 @@ async def update(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
     if current is not None and _same_content(resource, current):
         return FhirResponse(200, raw=current.content, stored=current)
     stored = await write(s, ctx, rtype, rid, resource, "update", current)
-    created = current is None
+    created = current is None or current.deleted  # update as create, or a resurrection
     return FhirResponse(201 if created else 200, raw=stored.content, stored=stored)

@@ -1,0 +1,94 @@
+"""Provenance and AuditEvent for every change, in the same transaction; the hash chain."""
+
+import orjson
+from fhir.resources.auditevent import AuditEvent
+from fhir.resources.provenance import Provenance
+from sqlalchemy import select, update
+
+from fhir_ctms.audit.chain import verify
+from fhir_ctms.resources.bindings import check_required_bindings
+from fhir_ctms.storage.schema import audit_chain, resource_versions
+
+from .fhir import patient
+
+
+async def _audit(client):
+    entries = (await client.get("/_history?_count=1000")).json()["entry"]
+    prov = [e["resource"] for e in entries if e.get("resource", {}).get("resourceType") == "Provenance"]
+    events = [e["resource"] for e in entries if e.get("resource", {}).get("resourceType") == "AuditEvent"]
+    return prov, events
+
+
+async def test_every_change_has_a_provenance_and_an_audit_event(client):
+    rid = (await client.post("/Patient", json=patient())).json()["id"]
+    await client.put(f"/Patient/{rid}", json=patient(id=rid, gender="male"), headers={"X-Reason": "Corrected sex"})
+    await client.patch(f"/Patient/{rid}", json=[{"op": "add", "path": "/active", "value": True}],
+                       headers={"content-type": "application/json-patch+json"})
+    await client.delete(f"/Patient/{rid}")
+    prov, events = await _audit(client)
+    targets = sorted(p["target"][0]["reference"] for p in prov)
+    assert targets == [f"Patient/{rid}/_history/{v}" for v in (1, 2, 3, 4)]
+    by_target = {p["target"][0]["reference"]: p for p in prov}
+    assert by_target[f"Patient/{rid}/_history/2"]["authorization"][0]["concept"]["text"] == "Corrected sex"
+    assert [by_target[f"Patient/{rid}/_history/{v}"]["activity"]["coding"][0]["code"] for v in (1, 2, 3, 4)] == [
+        "CREATE", "UPDATE", "UPDATE", "DELETE"]
+    actions = {e["entity"][0]["what"]["reference"]: e["action"] for e in events}
+    assert actions == {f"Patient/{rid}/_history/1": "C", f"Patient/{rid}/_history/2": "U",
+                       f"Patient/{rid}/_history/3": "U", f"Patient/{rid}/_history/4": "D"}
+    codes = {e["entity"][0]["what"]["reference"]: e["code"]["coding"][0]["code"] for e in events}
+    assert codes[f"Patient/{rid}/_history/3"] == "patch"
+    for record in prov:
+        Provenance.model_validate(record)
+        assert check_required_bindings(record) == []
+        assert record["recorded"] == record["meta"]["lastUpdated"]
+    for record in events:
+        AuditEvent.model_validate(record)
+        assert check_required_bindings(record) == []
+        assert record["agent"][0]["requestor"] is True
+
+
+async def test_transaction_entries_are_each_audited(client):
+    body = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": patient(id="tx2"), "request": {"method": "PUT", "url": "Patient/tx2"}}]}
+    await client.post("", json=body)
+    prov, events = await _audit(client)
+    assert len(prov) == 2 and len(events) == 2
+
+
+async def test_failed_writes_leave_no_audit_records(client):
+    await client.post("/Patient", json=patient(gender="bogus"))
+    await client.put("/Patient/x", json=patient(id="y"))
+    assert await _audit(client) == ([], [])
+
+
+async def test_chain_verifies_and_detects_tampering(client, repo):
+    for _ in range(3):
+        await client.post("/Patient", json=patient())
+    verdict = await verify(repo)
+    assert verdict.ok and verdict.checked == 6
+
+    # alter one stored audit record behind the API's back
+    async with repo.engine.begin() as conn:
+        row = (await conn.execute(select(audit_chain.c.seq, audit_chain.c.res_type, audit_chain.c.res_id)
+                                  .order_by(audit_chain.c.seq).offset(2).limit(1))).one()
+        v = resource_versions.c
+        content = (await conn.execute(select(v.content).where(v.res_id == row.res_id))).scalar_one()
+        record = orjson.loads(content)
+        record["recorded"] = "2001-01-01T00:00:00Z"
+        await conn.execute(update(resource_versions).where(v.res_id == row.res_id)
+                           .values(content=orjson.dumps(record).decode()))
+    verdict = await verify(repo)
+    assert not verdict.ok and verdict.checked == 2
+    assert verdict.broken_seq == row.seq and verdict.broken_record == f"{row.res_type}/{row.res_id}"
+    assert "altered" in verdict.problem
+
+
+async def test_chain_detects_a_removed_link(client, repo):
+    for _ in range(2):
+        await client.post("/Patient", json=patient())
+    async with repo.engine.begin() as conn:
+        seqs = (await conn.execute(select(audit_chain.c.seq).order_by(audit_chain.c.seq))).scalars().all()
+        await conn.execute(audit_chain.delete().where(audit_chain.c.seq == seqs[1]))
+    verdict = await verify(repo)
+    assert not verdict.ok and verdict.broken_seq == seqs[2] and "predecessor" in verdict.problem

@@ -11,9 +11,11 @@ from fastapi.responses import Response
 from ..audit.records import Actor
 from ..errors import BadRequest, PayloadTooLarge
 from ..interactions.context import Context, FhirRequest, FhirResponse, etag, http_date
+from ..interactions.table import INTERACTIONS
 from ..resources.json import dumps, dumps_pretty
 from .negotiation import response_type
 
+_WRITES = {name for name, spec in INTERACTIONS.items() if spec.writes}
 _HEADERS = ("if-match", "if-none-match", "if-none-exist", "if-modified-since", "prefer", "x-reason")
 
 
@@ -81,7 +83,7 @@ def render(request: Request, req: FhirRequest, res: FhirResponse, media: str) ->
     body: bytes | None = None
     if status == 304:
         body = None
-    elif req.method in ("POST", "PUT", "PATCH", "DELETE") and req.interaction != "search-type":
+    elif req.interaction in _WRITES:  # Prefer: return applies to the result of a write
         prefer = req.prefer("return")
         if prefer == "OperationOutcome":
             outcome = res.outcome or {"resourceType": "OperationOutcome", "issue": [

@@ -59,8 +59,8 @@ async def batch_or_transaction(request: Request) -> Response:
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     req = fhir_request(request, "bundle", body=body)
     res = await bundle.process(req, context(request))
-    # the Bundle answers for its entries: Prefer applies to them, not to the response itself
-    return render(request, req.__class__(method="GET", interaction="bundle"), res, media)
+    # Prefer: return applies to the entries (bundle.process), not to the response Bundle
+    return render(request, req, res, media)
 
 
 @router.get("/_history", openapi_extra=QUERY)

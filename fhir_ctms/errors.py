@@ -16,7 +16,8 @@ with its HTTP status at exactly one boundary (``fhir_ctms.api.boundary``)::
     ├── PreconditionFailed         412     conflict
     ├── PayloadTooLarge            413     too-costly
     ├── UnsupportedMediaType       415     not-supported
-    └── Unprocessable              422     invariant / structure / code-invalid
+    ├── Unprocessable              422     invariant / structure / code-invalid
+    └── ServiceUnavailable         503     transient (busy database; retry)
 
 An error carries one or more :class:`Issue` values (the pydantic-core
 ``ErrorDetails`` shape: a code slug, a location, a message), which map one to one
@@ -111,3 +112,7 @@ class UnsupportedMediaType(FhirError):
 
 class Unprocessable(FhirError):
     status, code = 422, "processing"
+
+
+class ServiceUnavailable(FhirError):
+    status, code = 503, "transient"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
 
 from fastapi import FastAPI
 
@@ -41,7 +40,6 @@ def create_app(settings: Settings | None = None, repo: Repository | None = None,
                   description="FHIR R5 Clinical Trial Management System server")
     app.state.settings = settings
     app.state.repo = repo
-    app.state.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     boundary.install(app)
     app.include_router(routes.router)
     return app

@@ -13,9 +13,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ..errors import FhirError, Issue, operation_outcome
 from ..resources.json import dumps
+from . import routes
 from .negotiation import FHIR_JSON
 
 log = logging.getLogger("fhir_ctms")
@@ -29,17 +31,30 @@ def outcome_response(status: int, outcome: dict, headers: dict[str, str] | None 
                     headers=headers)
 
 
+def _allowed(request: Request) -> set[str]:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in routes.router.routes:
+        match, _ = route.matches(request.scope)
+        if match in (Match.FULL, Match.PARTIAL):
+            methods |= getattr(route, "methods", set())
+    return methods
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(FhirError)
     async def _fhir_error(_: Request, exc: FhirError) -> Response:
         return outcome_response(exc.status, exc.outcome(), exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = _CODES.get(exc.status_code, "processing")
         text = "No such endpoint" if exc.status_code == 404 else str(exc.detail)
-        return outcome_response(exc.status_code, operation_outcome([Issue(code, text)]),
-                                dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(sorted(_allowed(request)))
+            text = f"{request.method} is not allowed here; allowed: {headers['Allow']}"
+        return outcome_response(exc.status_code, operation_outcome([Issue(code, text)]), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:

@@ -21,7 +21,7 @@ _HEADERS = ("if-match", "if-none-match", "if-none-exist", "if-modified-since", "
 
 async def read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"The body is larger than the limit of {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():

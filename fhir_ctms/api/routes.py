@@ -9,8 +9,6 @@ from fastapi.responses import Response
 
 from ..errors import BadRequest
 from ..interactions import bundle
-from ..interactions.capabilities import capability_statement
-from ..interactions.context import FhirResponse
 from ..interactions.table import perform
 from ..resources.json import loads
 from .http import context, fhir_request, negotiate, read_body, render
@@ -44,11 +42,7 @@ _RESOURCE = (FHIR_JSON, "application/json")
 
 @router.get("/metadata", openapi_extra=QUERY)
 async def metadata(request: Request) -> Response:
-    media = negotiate(request)
-    ctx = context(request)
-    statement = capability_statement(ctx.base, request.app.state.started)
-    req = fhir_request(request, "capabilities")
-    return render(request, req, FhirResponse(200, body=statement), media)
+    return await _run(request, "capabilities")
 
 
 @router.post("", openapi_extra=BODY)

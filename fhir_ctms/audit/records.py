@@ -5,8 +5,9 @@
   (or the configured default), ``agent`` the actor and the server as custodian.
 - AuditEvent shaped after the IHE Basic Audit Log Patterns (BALP) "RESTful
   Create/Update/Patch/Delete" events: category ``rest``, ``code`` the RESTful
-  interaction, ``action`` C/U/D, outcome success, the actor as requestor, the
-  server as source, the versioned reference as entity (role: domain resource),
+  interaction, ``action`` C/U/D, outcome success, three agents (the user as
+  requestor, the client as DICOM "Source Role ID" with its network address, the
+  server as "Destination Role ID"), the server as source, the versioned reference as entity (role: domain resource),
   the reason as ``authorization``.
 """
 
@@ -25,6 +26,7 @@ PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant
 SECURITY_SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 V3_PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+DICOM = "http://dicom.nema.org/resources/ontology/DCM"
 
 #: interaction -> (Provenance activity, AuditEvent action)
 _ACTIVITY = {"create": ("CREATE", "C"), "update": ("UPDATE", "U"), "patch": ("UPDATE", "U"),
@@ -67,13 +69,15 @@ def provenance(target: str, interaction: str, recorded: str, actor: Actor, reaso
 def audit_event(target: str, interaction: str, recorded: str, actor: Actor, reason: str,
                 source_name: str) -> dict[str, Any]:
     _, action = _ACTIVITY[interaction]
-    agent: dict[str, Any] = {
-        "type": {"coding": [{"system": V3_PARTICIPATION, "code": "IRCP", "display": "information recipient"}]},
-        "who": actor.as_reference(),
-        "requestor": True,
-    }
+    user = {"type": {"coding": [{"system": V3_PARTICIPATION, "code": "AUT", "display": "author (originator)"}]},
+             "who": actor.as_reference(), "requestor": True}
+    client: dict[str, Any] = {
+        "type": {"coding": [{"system": DICOM, "code": "110153", "display": "Source Role ID"}]},
+        "who": actor.as_reference(), "requestor": False}
     if actor.address:
-        agent["networkString"] = actor.address
+        client["networkString"] = actor.address
+    server = {"type": {"coding": [{"system": DICOM, "code": "110152", "display": "Destination Role ID"}]},
+              "who": {"display": source_name}, "requestor": False}
     return {
         "resourceType": "AuditEvent",
         "category": [{"coding": [{"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "Restful Operation"}]}],
@@ -82,7 +86,7 @@ def audit_event(target: str, interaction: str, recorded: str, actor: Actor, reas
         "recorded": recorded,
         "outcome": {"code": {"system": AUDIT_EVENT_OUTCOME, "code": "0", "display": "Success"}},
         "authorization": [{"text": reason}],
-        "agent": [agent],
+        "agent": [user, client, server],
         "source": {
             "observer": {"display": f"{source_name} {__version__}"},
             "type": [{"coding": [{"system": SECURITY_SOURCE_TYPE, "code": "4", "display": "Application Server"}]}],

@@ -16,21 +16,25 @@ a failure is reported in that entry's response.
 from __future__ import annotations
 
 import base64
+import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
-from ..errors import BadRequest, FhirError, Issue, PreconditionFailed
+from ..errors import BadRequest, FhirError, Issue, PreconditionFailed, operation_outcome
 from ..resources.json import loads
 from ..search import criteria as search_criteria
 from ..storage.repository import Session
+from . import references
 from .bundles import bundle
 from .common import match_conditional, require_type, single_match
 from .context import Context, FhirRequest, FhirResponse, etag, instant, now_us
 from .persist import new_id
 from .router import entry_request
 from .table import perform
+
+log = logging.getLogger("fhir_ctms")
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3}
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 304: "304 Not Modified"}
@@ -107,8 +111,9 @@ def _response_entry(ctx: Context, prefer: str, res: FhirResponse) -> dict[str, A
     entry: dict[str, Any] = {}
     if st is not None and not st.deleted:
         entry["fullUrl"] = f"{ctx.base}/{st.type}/{st.id}"
-    if prefer == "OperationOutcome" and res.outcome is not None:
-        response["outcome"] = res.outcome
+    if prefer == "OperationOutcome":
+        response["outcome"] = res.outcome or operation_outcome(
+            [Issue("informational", f"{response['status']}", severity="information")])
     elif prefer != "minimal":
         if res.body is not None:
             entry["resource"] = res.body
@@ -118,57 +123,34 @@ def _response_entry(ctx: Context, prefer: str, res: FhirResponse) -> dict[str, A
     return entry
 
 
-def _rewrite(value: Any, ids: dict[str, str]) -> Any:
-    """Replace every ``reference`` in ``ids`` (iteratively: no recursion limit on deep input)."""
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            ref = node.get("reference")
-            if isinstance(ref, str) and ref in ids:
-                node["reference"] = ids[ref]
-            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
-        elif isinstance(node, list):
-            stack.extend(v for v in node if isinstance(v, (dict, list)))
-    return value
-
-
-def _conditional_refs(value: Any) -> set[str]:
-    found: set[str] = set()
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            ref = node.get("reference")
-            if isinstance(ref, str) and "?" in ref and not ref.startswith(("http:", "https:", "urn:")):
-                found.add(ref)
-            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
-        elif isinstance(node, list):
-            stack.extend(v for v in node if isinstance(v, (dict, list)))
-    return found
-
-
 async def _resolve(entries: list[Entry], ctx: Context, s: Session) -> tuple[dict[str, str], dict[int, FhirResponse]]:
-    """Assign ids and resolve conditions before any write. Returns the reference map and
+    """Assign ids and resolve conditions before any write. Returns the fullUrl map and
     the entries already answered (a conditional create that found its match)."""
     ids: dict[str, str] = {}
     answered: dict[int, FhirResponse] = {}
     targets: set[tuple[str, str]] = set()
+    creates: set[str] = set()
     for e in entries:
         req = e.request
         try:
             if req.method == "POST":
                 rtype = require_type(req.type)
                 existing = None
-                if req.header("if-none-exist"):
-                    existing = single_match(await match_conditional(
-                        s, rtype, req.header("if-none-exist") or "", what="ifNoneExist"), "ifNoneExist")
+                criteria = req.header("if-none-exist")
+                if criteria:
+                    key = f"{rtype}?{search_criteria.parse_query(criteria).key()}"
+                    if key in creates:
+                        raise BadRequest(f"Two entries create {key} conditionally: make them one")
+                    creates.add(key)
+                    existing = single_match(await match_conditional(s, rtype, criteria, what="ifNoneExist"),
+                                            "ifNoneExist")
                 if existing is not None:
                     answered[e.index] = FhirResponse(200, raw=existing.content, stored=existing)
                     rid = existing.id
                 else:
                     rid = new_id()
-                    e.request = replace(req, id=rid)
+                    headers = {k: v for k, v in req.headers.items() if k != "if-none-exist"}
+                    e.request = replace(req, id=rid, headers=headers)
             elif req.method in ("PUT", "PATCH", "DELETE") and req.id is None:
                 rtype = require_type(req.type)
                 match = single_match(await match_conditional(s, rtype, req.query, what="Conditional " + req.method),
@@ -196,31 +178,39 @@ async def _resolve(entries: list[Entry], ctx: Context, s: Session) -> tuple[dict
     return ids, answered
 
 
-async def _resolve_conditional_refs(entries: list[Entry], s: Session, ids: dict[str, str]) -> None:
+async def _resolve_conditional_references(entries: list[Entry], s: Session, ids: dict[str, str]) -> None:
+    """Each ``Type?criteria`` reference must match exactly one resource, stored or in the Bundle."""
+    written = [(e.request.type, e.request.id, e.request.resource) for e in entries
+               if e.request.method in ("POST", "PUT") and isinstance(e.request.resource, dict)]
     for e in entries:
-        for ref in _conditional_refs(e.request.resource):
+        for ref in references.conditional_references(e.request.resource):
             if ref in ids:
                 continue
             rtype, _, query = ref.partition("?")
             try:
                 crit = search_criteria.parse_query(query)
-                matches = await s.find(require_type(rtype), crit.ids, crit.tokens, limit=2)
-                if len(matches) != 1:
-                    raise PreconditionFailed(f"The conditional reference {ref!r} matches {len(matches)} resources")
+                if crit.empty:
+                    raise BadRequest(f"The conditional reference {ref!r} has no criteria")
+                found = {st.id for st in await s.find(require_type(rtype), crit.ids, crit.tokens, limit=2)}
+                found |= {rid for t, rid, res in written
+                          if t == rtype and rid and search_criteria.matches(crit, rid, res)}
+                if len(found) != 1:
+                    raise PreconditionFailed(f"The conditional reference {ref!r} matches {len(found)} resources")
             except FhirError as exc:
                 raise _at(exc, e.index) from exc
-            ids[ref] = f"{rtype}/{matches[0].id}"
+            ids[ref] = f"{rtype}/{found.pop()}"
 
 
 async def transaction(body: dict[str, Any], ctx: Context, prefer: str) -> FhirResponse:
     entries = _entries(body, ctx)
-    results: dict[int, FhirResponse] = {}
     async with ctx.repo.session(write=True) as s:
         ids, results = await _resolve(entries, ctx, s)
-        await _resolve_conditional_refs(entries, s, ids)
+        await _resolve_conditional_references(entries, s, ids)
         for e in entries:
             if e.request.resource is not None and e.request.method in ("POST", "PUT"):
-                _rewrite(e.request.resource, ids)
+                dangling = references.rewrite(e.request.resource, e.full_url, ids)
+                if dangling:
+                    raise _at(BadRequest(f"The reference {dangling[0]!r} names no entry of this Bundle"), e.index)
         for e in sorted(entries, key=lambda e: (_ORDER[e.request.method], e.index)):
             if e.index in results:
                 continue
@@ -245,6 +235,10 @@ async def batch(body: dict[str, Any], ctx: Context, prefer: str) -> FhirResponse
             out.append(_response_entry(ctx, prefer, res))
         except FhirError as exc:
             out.append({"response": {"status": str(exc.status), "outcome": exc.outcome()}})
+        except Exception:  # entries before this one are committed: they must still be reported
+            log.exception("batch entry %d failed", i)
+            out.append({"response": {"status": "500", "outcome": operation_outcome(
+                [Issue("exception", "Internal server error")])}})
     return FhirResponse(200, body=bundle("batch-response", out, [("self", ctx.base)], instant(now_us())))
 
 

@@ -40,7 +40,9 @@ def status_line(stored: Stored) -> str:
 def history_entry(base: str, stored: Stored) -> dict[str, Any]:
     entry = resource_entry(base, stored)
     path = stored.type if stored.method == "POST" else f"{stored.type}/{stored.id}"
-    entry["request"] = {"method": stored.method, "url": path}
+    # a patch appears as the update it amounts to (bdl-14: no PATCH in a history Bundle)
+    method = "PUT" if stored.method == "PATCH" else stored.method
+    entry["request"] = {"method": method, "url": path}
     entry["response"] = {"status": status_line(stored), "etag": etag(stored.version),
                          "lastModified": instant(stored.ts_us)}
     return entry

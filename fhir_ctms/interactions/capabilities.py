@@ -8,6 +8,7 @@ operations from ``fhir_ctms.operations``. Nothing is written by hand.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
@@ -15,14 +16,19 @@ from .. import FHIR_VERSION, __version__
 from ..operations import OPERATIONS
 from ..resources.registry import AUDIT_TYPES, RESOURCE_TYPES, element_types
 from ..search.criteria import SUPPORTED
-from . import bundle
-from .table import INTERACTIONS
+from ..storage.repository import Session
+from .context import Context, FhirRequest, FhirResponse
 
+#: when this server process started: the CapabilityStatement's date
+STARTED = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+# (definition, type, documentation); the definition URL is given only where it is certain
+# (R5 shares identifier parameters between types under several names: see the search work)
 _SEARCH_DOCS = {
     "_id": ("http://hl7.org/fhir/SearchParameter/Resource-id", "token", "Logical id of this artifact"),
     "identifier": (None, "token", "Business identifier ([system]|[value])"),
 }
-_NOT_FOR_AUDIT = {"update", "patch", "delete"}
+_NOT_FOR_AUDIT = {"create", "update", "patch", "delete"}
 
 
 def _search_params(rtype: str) -> list[dict[str, Any]]:
@@ -32,12 +38,14 @@ def _search_params(rtype: str) -> list[dict[str, Any]]:
             continue
         definition, kind, doc = _SEARCH_DOCS[name]
         param: dict[str, Any] = {"name": name, "type": kind, "documentation": doc}
-        param["definition"] = definition or f"http://hl7.org/fhir/SearchParameter/{rtype}-identifier"
+        if definition:
+            param["definition"] = definition
         out.append(param)
     return out
 
 
 def _resource(rtype: str) -> dict[str, Any]:
+    from .table import INTERACTIONS  # the table lists this module's handler too
     codes = [i.code for i in INTERACTIONS.values() if i.level in ("instance", "type")
              and not (rtype in AUDIT_TYPES and i.code in _NOT_FOR_AUDIT)]
     writable = rtype not in AUDIT_TYPES
@@ -47,7 +55,7 @@ def _resource(rtype: str) -> dict[str, Any]:
         "versioning": "versioned-update",
         "readHistory": True,
         "updateCreate": writable,
-        "conditionalCreate": True,
+        "conditionalCreate": writable,
         "conditionalRead": "full-support",
         "conditionalUpdate": writable,
         "conditionalPatch": writable,
@@ -61,7 +69,9 @@ def _resource(rtype: str) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=8)
-def capability_statement(base: str, date: str) -> dict[str, Any]:
+def capability_statement(base: str, date: str = STARTED) -> dict[str, Any]:
+    from . import bundle
+    from .table import INTERACTIONS
     system = [i.code for i in INTERACTIONS.values() if i.level == "system"] + list(bundle.CODES)
     rest: dict[str, Any] = {
         "mode": "server",
@@ -86,3 +96,7 @@ def capability_statement(base: str, date: str) -> dict[str, Any]:
         "patchFormat": ["application/json-patch+json"],
         "rest": [rest],
     }
+
+
+async def capabilities(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
+    return FhirResponse(200, body=capability_statement(ctx.base))

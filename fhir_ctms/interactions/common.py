@@ -29,52 +29,77 @@ def require_id(rid: str | None) -> str:
 
 
 def body_resource(req: FhirRequest, rtype: str) -> dict[str, Any]:
-    """The resource a write carries: parsed from the body, or given (a Bundle entry's)."""
+    """The resource a write carries: parsed from the body, or given (a Bundle entry's).
+
+    ``meta.versionId`` and ``meta.lastUpdated`` are dropped: the server SHALL ignore
+    them (R5 http.html#create, #update) and sets its own."""
     if req.resource is None:
-        return parse_resource(req.body, rtype)
-    if req.resource.get("resourceType") != rtype:
+        resource = parse_resource(req.body, rtype)
+    elif req.resource.get("resourceType") != rtype:
         raise BadRequest(f"resourceType {req.resource.get('resourceType')!r} does not match {rtype}",
                          issues=[Issue("invalid", f"resourceType does not match {rtype}",
                                        expression=("resourceType",))])
-    return req.resource
+    else:
+        resource = req.resource
+    meta = resource.get("meta")
+    if isinstance(meta, dict) and ("versionId" in meta or "lastUpdated" in meta):
+        meta = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+        if meta:
+            resource["meta"] = meta
+        else:
+            del resource["meta"]
+    return resource
 
 
-def forbid_audit_change(rtype: str, interaction: str) -> None:
+def forbid_audit_write(rtype: str, interaction: str) -> None:
     if rtype in AUDIT_TYPES:
         raise MethodNotAllowed(f"{rtype} records are part of the audit trail: {interaction} is not allowed")
 
 
-def etag_version(value: str | None) -> str | None:
-    """The version in an ETag such as ``W/"3"`` (None when the header is absent)."""
+def etag_versions(value: str | None) -> frozenset[str] | None:
+    """The versions an ``If-Match``/``If-None-Match`` header names (RFC 9110: a list of
+    entity tags, weak or strong, or ``*``); None when the header is absent."""
     if value is None:
         return None
-    m = _ETAG.fullmatch(value)
-    if not m:
-        raise BadRequest(f"Malformed ETag {value!r}: expected W/\"<versionId>\"")
-    return m.group(1)
+    if value.strip() == "*":
+        return frozenset({"*"})
+    tags = []
+    for part in value.split(","):
+        m = _ETAG.fullmatch(part)
+        if not m:
+            raise BadRequest(f"Malformed ETag list {value!r}: expected W/\"<versionId>\"")
+        tags.append(m.group(1))
+    return frozenset(tags)
 
 
-def check_if_match(req: FhirRequest, current: Stored | None) -> None:
-    """``If-Match``: the write applies only to the version the client read (412 otherwise)."""
-    wanted = etag_version(req.header("if-match"))
-    if wanted is None:
-        return
+def names(tags: frozenset[str], current: Stored | None) -> bool:
+    """Whether a set of entity tags matches the current version (``*``: any existing one)."""
     if current is None or current.deleted:
-        raise PreconditionFailed(f"If-Match {wanted}: {req.type}/{req.id} has no current version")
-    if str(current.version) != wanted:
-        raise PreconditionFailed(
-            f"If-Match {wanted}: {req.type}/{req.id} is at version {current.version}")
+        return False
+    return "*" in tags or str(current.version) in tags
+
+
+def check_preconditions(req: FhirRequest, current: Stored | None) -> None:
+    """``If-Match``: write only over the version the client read; ``If-None-Match``:
+    write only if no such version exists (``*``: create only). 412 otherwise."""
+    wanted = etag_versions(req.header("if-match"))
+    if wanted is not None and not names(wanted, current):
+        where = f"{req.type}/{req.id}"
+        state = "has no current version" if current is None or current.deleted else f"is at version {current.version}"
+        raise PreconditionFailed(f"If-Match: {where} {state}")
+    unwanted = etag_versions(req.header("if-none-match"))
+    if unwanted is not None and names(unwanted, current):
+        raise PreconditionFailed(f"If-None-Match: {req.type}/{req.id} exists at version {current.version}")
 
 
 async def match_conditional(s: Session, rtype: str, query: str, *, what: str) -> list[Stored]:
     """Current resources matching conditional criteria (at most two: enough to tell 0, 1, many).
 
-    The criteria are locked first, so two conditional writes with the same criteria
+    Write sessions are serialised, so two conditional writes with the same criteria
     cannot both find nothing and both create."""
     crit = search_criteria.parse_query(query)
     if crit.empty:
         raise BadRequest(f"{what}: no search criteria given")
-    await s.lock(f"{rtype}?{crit.key()}")
     return await s.find(rtype, crit.ids, crit.tokens, limit=2)
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from ..resources.validate import validate_resource
 from ..storage.repository import Session
-from .common import body_resource, match_conditional, require_type, single_match
+from .common import body_resource, forbid_audit_write, match_conditional, require_type, single_match
 from .context import Context, FhirRequest, FhirResponse
 from .persist import new_id, write
 
 
 async def create(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
     rtype = require_type(req.type)
+    forbid_audit_write(rtype, "create")  # only the server writes audit records
     resource = body_resource(req, rtype)
     resource.pop("id", None)
     validate_resource(resource)

@@ -9,14 +9,14 @@ supports a single match; several matches fail with 412.
 from __future__ import annotations
 
 from ..storage.repository import Session
-from .common import check_if_match, forbid_audit_change, match_conditional, require_id, require_type, single_match
+from .common import check_preconditions, forbid_audit_write, match_conditional, require_id, require_type, single_match
 from .context import Context, FhirRequest, FhirResponse
 from .persist import write
 
 
 async def delete(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
     rtype = require_type(req.type)
-    forbid_audit_change(rtype, "delete")
+    forbid_audit_write(rtype, "delete")
     if req.id is not None:
         rid = require_id(req.id)
     else:
@@ -25,8 +25,8 @@ async def delete(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
         if match is None:
             return FhirResponse(204, outcome=_outcome("No resource matched: nothing was deleted"))
         rid = match.id
-    current = await s.current(rtype, rid, for_update=True)
-    check_if_match(req, current)
+    current = await s.current(rtype, rid)
+    check_preconditions(req, current)
     if current is None or current.deleted:
         return FhirResponse(204, stored=current, outcome=_outcome(f"{rtype}/{rid}: nothing to delete"))
     stored = await write(s, ctx, rtype, rid, None, "delete", current)

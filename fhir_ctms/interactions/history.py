@@ -16,11 +16,22 @@ from .common import require_id, require_type
 from .context import Context, FhirRequest, FhirResponse, instant, now_us
 
 
+_MAX_SEQ = 2**63 - 1
+
+
+def _once(req: FhirRequest, name: str) -> str | None:
+    """A history parameter, which the spec says SHALL NOT appear more than once."""
+    values = [v for k, v in req.params if k == name]
+    if len(values) > 1:
+        raise BadRequest(f"{name} may appear only once")
+    return values[0] if values else None
+
+
 def page_size(req: FhirRequest, ctx: Context) -> int:
     raw = req.param("_count")
     if raw is None:
         return ctx.settings.default_page_size
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise BadRequest(f"_count={raw!r} is not a non-negative integer")
     return min(int(raw), ctx.settings.max_page_size)
 
@@ -31,10 +42,9 @@ async def history(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
     if rtype is not None and rid is not None and await s.current(rtype, rid) is None:
         raise NotFound(f"{rtype}/{rid} is not known")
     count = page_size(req, ctx)
-    since = req.param("_since")
-    at = req.param("_at")
-    cursor = req.param("_cursor")
-    if cursor is not None and not cursor.isdigit():
+    since, at, cursor = _once(req, "_since"), _once(req, "_at"), _once(req, "_cursor")
+    _once(req, "_count")
+    if cursor is not None and not (cursor.isascii() and cursor.isdigit() and int(cursor) <= _MAX_SEQ):
         raise BadRequest(f"_cursor={cursor!r} is not a cursor this server issued")
     query = HistoryQuery(type=rtype, id=rid, since_us=date_range(since)[0] if since else None,
                          at=date_range(at) if at else None,

@@ -14,7 +14,7 @@ from ..errors import BadRequest, Gone, Issue, NotFound, Unprocessable
 from ..resources.json import loads
 from ..resources.validate import validate_resource
 from ..storage.repository import Session
-from .common import check_if_match, forbid_audit_change, match_conditional, require_id, require_type, single_match
+from .common import check_preconditions, forbid_audit_write, match_conditional, require_id, require_type, single_match
 from .context import Context, FhirRequest, FhirResponse
 from .persist import write
 
@@ -31,7 +31,7 @@ def _patch_document(req: FhirRequest) -> jsonpatch.JsonPatch:
 
 async def patch(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
     rtype = require_type(req.type)
-    forbid_audit_change(rtype, "patch")
+    forbid_audit_write(rtype, "patch")
     document = _patch_document(req)
     if req.id is not None:
         rid = require_id(req.id)
@@ -41,12 +41,12 @@ async def patch(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
         if match is None:
             raise NotFound("Conditional patch: no resource matches the criteria")
         rid = match.id
-    current = await s.current(rtype, rid, for_update=True)
+    current = await s.current(rtype, rid)
     if current is None:
         raise NotFound(f"{rtype}/{rid} is not known")
     if current.deleted:
         raise Gone(f"{rtype}/{rid} was deleted")
-    check_if_match(req, current)
+    check_preconditions(req, current)
     assert current.content is not None
     try:
         patched = document.apply(loads(current.content))

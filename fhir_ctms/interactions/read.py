@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..errors import Gone, NotFound
 from ..resources.dates import parse_http_date
 from ..storage.repository import Session
-from .common import etag_version, require_id, require_type
+from .common import etag_versions, names, require_id, require_type
 from .context import Context, FhirRequest, FhirResponse, etag
 
 
@@ -19,8 +19,8 @@ async def read(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
         raise NotFound(f"{rtype}/{rid} is not known")
     if cur.deleted:
         raise Gone(f"{rtype}/{rid} was deleted", headers={"ETag": etag(cur.version)})
-    inm = req.header("if-none-match")
-    if inm is not None and etag_version(inm) == str(cur.version):
+    inm = etag_versions(req.header("if-none-match"))
+    if inm is not None and names(inm, cur):
         return FhirResponse(304, stored=cur)
     ims = req.header("if-modified-since")
     if ims is not None and inm is None:
@@ -33,7 +33,7 @@ async def read(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
 
 async def vread(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
     rtype, rid = require_type(req.type), require_id(req.id)
-    if req.vid is None or not req.vid.isdigit():
+    if req.vid is None or not (req.vid.isascii() and req.vid.isdigit()) or len(req.vid) > 9:
         raise NotFound(f"{rtype}/{rid} has no version {req.vid!r}")
     found = await s.version(rtype, rid, int(req.vid))
     if found is None:

@@ -8,6 +8,10 @@ Pages are keyed on the resource id (``_cursor``), never on an offset.
 
 from __future__ import annotations
 
+import uuid
+
+from ..errors import BadRequest
+from ..resources.registry import is_valid_id
 from ..search import criteria as search_criteria
 from ..storage.repository import Session
 from .bundles import bundle, resource_entry, url
@@ -22,6 +26,8 @@ async def search(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
     crit = search_criteria.parse(req.params, strict=strict)
     count = page_size(req, ctx)
     cursor = req.param("_cursor")
+    if cursor is not None and not is_valid_id(cursor):
+        raise BadRequest(f"_cursor={cursor!r} is not a cursor this server issued")
     rows = await s.find(rtype, crit.ids, crit.tokens, limit=count + 1, after_id=cursor) if count else []
     page, more = rows[:count], len(rows) > count
     kept = list(crit.used) + [("_count", str(count))]
@@ -36,7 +42,8 @@ async def search(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
         entry["search"] = {"mode": "match"}
         entries.append(entry)
     if crit.unknown:
-        entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [
+        entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                        "resource": {"resourceType": "OperationOutcome", "issue": [
             {"severity": "warning", "code": "not-supported",
              "diagnostics": f"Search parameter {name!r} is not supported and was ignored"}
             for name in crit.unknown]}, "search": {"mode": "outcome"}})

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..storage.repository import Session
 from .context import Context, FhirRequest, FhirResponse
+from .capabilities import capabilities
 from .create import create
 from .delete import delete
 from .history import history
@@ -27,7 +28,7 @@ Handler = Callable[[FhirRequest, Context, Session], Awaitable[FhirResponse]]
 class Interaction:
     #: the CapabilityStatement code (R5 restful-interaction value set)
     code: str
-    level: str  # "instance" | "type" | "system"
+    level: str  # "instance" | "type" | "system" | "server" (capabilities: not listed as an interaction)
     handler: Handler
     writes: bool
 
@@ -43,6 +44,7 @@ INTERACTIONS: dict[str, Interaction] = {
     "create": Interaction("create", "type", create, True),
     "search-type": Interaction("search-type", "type", search, False),
     "history-system": Interaction("history-system", "system", history, False),
+    "capabilities": Interaction("capabilities", "server", capabilities, False),
 }
 
 

@@ -5,19 +5,20 @@
 - ``If-Match`` makes the update apply only to the version the client read (412).
 - An update that changes nothing but ``meta.versionId``/``lastUpdated`` creates
   no new version (a no-op update, 200 with the current version).
-- Conditional update: no match creates (with the body's id if any), one match
-  updates it, several fail with 412.
+- ``If-None-Match`` (``*`` or versions) refuses the update when it matches (412).
+- Conditional update: no match creates (with the body's id if any; 409 when that
+  id exists), one match updates it, several fail with 412.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..errors import BadRequest
+from ..errors import BadRequest, Conflict
 from ..resources.json import loads
 from ..resources.validate import validate_resource
 from ..storage.repository import Session, Stored
-from .common import (body_resource, check_if_match, forbid_audit_change, match_conditional, require_id,
+from .common import (body_resource, check_preconditions, forbid_audit_write, match_conditional, require_id,
                      require_type, single_match)
 from .context import Context, FhirRequest, FhirResponse
 from .persist import new_id, write
@@ -44,7 +45,7 @@ def _same_content(a: dict[str, Any], stored: Stored) -> bool:
 
 async def update(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
     rtype = require_type(req.type)
-    forbid_audit_change(rtype, "update")
+    forbid_audit_write(rtype, "update")
     resource = body_resource(req, rtype)
     body_id = resource.get("id")
     if req.id is not None:
@@ -60,10 +61,14 @@ async def update(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
             rid = match.id
         else:
             rid = body_id if isinstance(body_id, str) else new_id()
+            existing = await s.current(rtype, require_id(rid))
+            if existing is not None and not existing.deleted:
+                # no match, but the body names a resource that exists (http.html#cond-update)
+                raise Conflict(f"No resource matches the criteria, and {rtype}/{rid} exists")
         resource["id"] = rid
     validate_resource(resource)
-    current = await s.current(rtype, rid, for_update=True)
-    check_if_match(req, current)
+    current = await s.current(rtype, rid)
+    check_preconditions(req, current)
     if current is not None and _same_content(resource, current):
         return FhirResponse(200, raw=current.content, stored=current)
     stored = await write(s, ctx, rtype, rid, resource, "update", current)

@@ -7,12 +7,14 @@ from urllib.parse import parse_qsl, urlencode
 
 from ..errors import BadRequest
 from ..storage.repository import Token
-from .tokens import clip
+from .tokens import clip, extract
 
 #: result parameters handled by the search interaction itself
 RESULT_PARAMS = {"_count", "_format", "_pretty", "_cursor", "_total", "_summary", "_elements"}
 #: the search parameters this version supports, for every type (``identifier`` where it exists)
 SUPPORTED = ("_id", "identifier")
+#: at most this many values (OR-ed or AND-ed) in one search: a bound on the SQL it becomes
+MAX_VALUES = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,15 @@ class Criteria:
         return self.ids is None and not self.tokens
 
 
+def matches(crit: Criteria, rid: str, resource: dict) -> bool:
+    """Whether a resource not yet stored matches the criteria (a transaction's own entries)."""
+    if crit.ids is not None and rid not in crit.ids:
+        return False
+    tokens = extract(resource)
+    return all(any(t.param == q.param and t.code == q.code and (q.system is None or t.system == q.system)
+                   for t in tokens for q in alternatives) for alternatives in crit.tokens)
+
+
 def _token(value: str) -> Token:
     if "|" in value:
         system, code = value.split("|", 1)
@@ -50,9 +61,15 @@ def parse(params: list[tuple[str, str]] | tuple[tuple[str, str], ...], *, strict
     tokens: list[tuple[Token, ...]] = []
     used: list[tuple[str, str]] = []
     unknown: list[str] = []
+    values = 0
     for name, value in params:
+        if "\x00" in name or "\x00" in value:
+            raise BadRequest("Search parameters may not contain the NUL character")
         if name in RESULT_PARAMS:
             continue
+        values += value.count(",") + 1
+        if values > MAX_VALUES:
+            raise BadRequest(f"At most {MAX_VALUES} search values are allowed in one request")
         if name == "_id":
             wanted = {v for v in value.split(",") if v}
             ids = wanted if ids is None else ids & wanted

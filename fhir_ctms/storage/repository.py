@@ -77,8 +77,8 @@ class Session(ABC):
     """One database transaction."""
 
     @abstractmethod
-    async def current(self, rtype: str, rid: str, *, for_update: bool = False) -> Stored | None:
-        """The current version (possibly a deletion tombstone), locked when ``for_update``."""
+    async def current(self, rtype: str, rid: str) -> Stored | None:
+        """The current version (possibly a deletion tombstone)."""
 
     @abstractmethod
     async def version(self, rtype: str, rid: str, version: int) -> Stored | None: ...
@@ -106,12 +106,8 @@ class Session(ABC):
     async def history(self, query: HistoryQuery) -> list[Stored]: ...
 
     @abstractmethod
-    async def lock(self, key: str) -> None:
-        """Serialise with every other session locking the same key until this one ends."""
-
-    @abstractmethod
     async def chain_head(self) -> str:
-        """The chain hash of the newest audit link (locks the chain for this transaction)."""
+        """The chain hash of the newest audit link (write sessions hold the chain to themselves)."""
 
     @abstractmethod
     async def append_link(self, link: ChainLink) -> None: ...
@@ -125,7 +121,11 @@ class Repository(ABC):
 
     @abstractmethod
     def session(self, *, write: bool) -> AbstractAsyncContextManager[Session]:
-        """A unit of work; commits on normal exit, rolls back on an exception."""
+        """A unit of work; commits on normal exit, rolls back on an exception.
+
+        Write sessions of one partition are serialised (one at a time, in commit
+        order): read-check-write sequences such as conditional create, If-Match and
+        the audit chain append need no further locking. Read sessions never wait."""
 
     @abstractmethod
     async def close(self) -> None: ...

@@ -5,9 +5,13 @@ Dialect differences live here and nowhere else:
 - SQLite runs in WAL mode; a write session starts with ``BEGIN IMMEDIATE`` so
   writers are serialised by the database itself (read-check-write sequences such
   as conditional create cannot interleave), and ``lock`` is then a no-op.
-- PostgreSQL runs READ COMMITTED; ``current(for_update=True)`` takes a row lock,
-  ``lock(key)`` a transaction-scoped advisory lock on the key's hash, and the
-  audit chain head is guarded by one advisory lock per partition.
+- PostgreSQL runs READ COMMITTED; a write session first takes one
+  transaction-scoped advisory lock per partition (the writer lock), so writers are
+  serialised exactly as on SQLite: the audit chain is one total order anyway, no two
+  writers can deadlock on rows taken in different orders, and ``lastUpdated``
+  follows commit order (a ``_since`` poller never misses a write). Reads never wait.
+- A database that stays busy past its timeout (SQLite "database is locked") or a
+  PostgreSQL deadlock or serialisation failure surfaces as 503 (retry), never a 500.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import and_, delete, event, exists, insert, or_, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from ..errors import ServiceUnavailable
 from .repository import GENESIS, ChainLink, HistoryQuery, Repository, Session, Stored, Token, VersionConflict
 from .schema import audit_chain, resource_versions, resources, token_index
 
@@ -67,13 +72,11 @@ class SqlSession(Session):
         self.pg = conn.dialect.name == "postgresql"
 
     # -- resources -------------------------------------------------------------------------
-    async def current(self, rtype: str, rid: str, *, for_update: bool = False) -> Stored | None:
+    async def current(self, rtype: str, rid: str) -> Stored | None:
         q = select(resources.c.res_type, resources.c.res_id, resources.c.version, resources.c.ts_us,
                    resources.c.deleted, resources.c.content).where(
             resources.c.partition == self.partition, resources.c.res_type == rtype,
             resources.c.res_id == rid)
-        if for_update and self.pg:
-            q = q.with_for_update()
         row = (await self.conn.execute(q)).first()
         return _stored(row) if row else None
 
@@ -158,14 +161,13 @@ class SqlSession(Session):
         return [_stored(row, row.method, row.seq) for row in (await self.conn.execute(q))]
 
     # -- locks -----------------------------------------------------------------------------
-    async def lock(self, key: str) -> None:
+    async def writer_lock(self) -> None:
         if self.pg:
             await self.conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                                    {"k": f"{self.partition}/{key}"})
+                                    {"k": f"fhir-ctms-writer/{self.partition}"})
 
     # -- audit chain -----------------------------------------------------------------------
     async def chain_head(self) -> str:
-        await self.lock("audit-chain")  # no resource type is named so
         a = audit_chain.c
         head = (await self.conn.execute(select(a.chain_hash).where(a.partition == self.partition)
                                         .order_by(a.seq.desc()).limit(1))).scalar()
@@ -185,6 +187,12 @@ class SqlSession(Session):
         return [ChainLink(*row) for row in rows]
 
 
+def _transient(exc: DBAPIError) -> bool:
+    text_ = str(exc.orig if exc.orig is not None else exc).lower()
+    return any(s in text_ for s in ("database is locked", "deadlock detected", "could not serialize",
+                                    "busy"))
+
+
 class SqlRepository(Repository):
     def __init__(self, engine: AsyncEngine, partition: str = "default") -> None:
         self.engine = engine
@@ -196,11 +204,20 @@ class SqlRepository(Repository):
 
     @asynccontextmanager
     async def session(self, *, write: bool) -> AsyncIterator[Session]:
-        async with self.engine.connect() as conn:
-            if write:
-                conn = await conn.execution_options(fhir_write=True)
-            async with conn.begin():
-                yield SqlSession(conn, self.partition)
+        try:
+            async with self.engine.connect() as conn:
+                if write:
+                    conn = await conn.execution_options(fhir_write=True)
+                async with conn.begin():
+                    session = SqlSession(conn, self.partition)
+                    if write:
+                        await session.writer_lock()
+                    yield session
+        except (OperationalError, DBAPIError) as exc:
+            if _transient(exc):
+                raise ServiceUnavailable("The database is busy; retry the request",
+                                         headers={"Retry-After": "1"}) from exc
+            raise
 
     async def close(self) -> None:
         await self.engine.dispose()

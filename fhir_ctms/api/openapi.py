@@ -26,3 +26,30 @@ BODY = {
         },
     },
 }
+
+PATCH_BODY = {
+    "parameters": _PARAMS,
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json-patch+json": {
+                "schema": {"type": "array", "items": {
+                    "type": "object", "required": ["op", "path"],
+                    "properties": {"op": {"type": "string"}, "path": {"type": "string"}, "from": {"type": "string"},
+                                   "value": {}}}}
+            }
+        },
+    },
+}
+
+FORM_BODY = {
+    "parameters": _PARAMS,
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {"type": "object", "additionalProperties": {"type": "string"}}
+            }
+        },
+    },
+}

@@ -13,7 +13,7 @@ from ..interactions.table import perform
 from ..resources.json import loads
 from .http import context, fhir_request, negotiate, read_body, render
 from .negotiation import FHIR_JSON, FORM, JSON_PATCH, check_body_type
-from .openapi import BODY, QUERY
+from .openapi import BODY, FORM_BODY, PATCH_BODY, QUERY
 
 router = APIRouter(prefix="/fhir")
 
@@ -72,7 +72,7 @@ async def search_get(request: Request, type: str) -> Response:
     return await _run(request, "search-type", type=type)
 
 
-@router.post("/{type}/_search", openapi_extra=QUERY)
+@router.post("/{type}/_search", openapi_extra=FORM_BODY)
 async def search_post(request: Request, type: str) -> Response:
     return await _run(request, "search-type", type=type, body_types=(FORM,))
 
@@ -87,7 +87,7 @@ async def update_conditional(request: Request, type: str) -> Response:
     return await _run(request, "update", type=type, body_types=_RESOURCE)
 
 
-@router.patch("/{type}", openapi_extra=BODY)
+@router.patch("/{type}", openapi_extra=PATCH_BODY)
 async def patch_conditional(request: Request, type: str) -> Response:
     return await _run(request, "patch", type=type, body_types=(JSON_PATCH,))
 
@@ -107,7 +107,7 @@ async def update(request: Request, type: str, id: str) -> Response:
     return await _run(request, "update", type=type, id=id, body_types=_RESOURCE)
 
 
-@router.patch("/{type}/{id}", openapi_extra=BODY)
+@router.patch("/{type}/{id}", openapi_extra=PATCH_BODY)
 async def patch(request: Request, type: str, id: str) -> Response:
     return await _run(request, "patch", type=type, id=id, body_types=(JSON_PATCH,))
 

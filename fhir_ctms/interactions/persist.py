@@ -50,7 +50,7 @@ async def write(s: Session, ctx: Context, rtype: str, rid: str, resource: dict[s
         await s.put(new, previous=current.version if current else None)
     except VersionConflict as exc:
         raise Conflict(str(exc)) from exc
-    await s.set_tokens(rtype, rid, extract(resource) if resource is not None else [])
+    await s.set_tokens(rtype, rid, extract(resource) if resource is not None else [], new=current is None)
     await _audit(s, ctx, f"{rtype}/{rid}/_history/{version}", interaction, ts)
     return new
 

@@ -92,8 +92,8 @@ class Session(ABC):
         """
 
     @abstractmethod
-    async def set_tokens(self, rtype: str, rid: str, tokens: Sequence[Token]) -> None:
-        """Replace the index rows of a resource."""
+    async def set_tokens(self, rtype: str, rid: str, tokens: Sequence[Token], *, new: bool = False) -> None:
+        """Replace the index rows of a resource (``new``: it has none yet)."""
 
     @abstractmethod
     async def find(self, rtype: str, ids: Sequence[str] | None, tokens: Sequence[Sequence[Token]],

@@ -16,17 +16,19 @@ Dialect differences live here and nowhere else:
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, delete, event, exists, insert, or_, select, text, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+import asyncpg
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..errors import ServiceUnavailable
 from .repository import GENESIS, ChainLink, HistoryQuery, Repository, Session, Stored, Token, VersionConflict
-from .schema import audit_chain, resource_versions, resources, token_index
 
 
 
@@ -37,6 +39,9 @@ def _identity(value: Any) -> Any:
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An engine whose JSON columns take and return JSON text unchanged."""
+    # Sessions always end their transactions themselves (write: commit or rollback; read:
+    # autocommit), so the pool need not roll back every returned connection.
+    kwargs.setdefault("pool_reset_on_return", None)
     engine = create_async_engine(url, json_serializer=_identity, json_deserializer=_identity, **kwargs)
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
@@ -57,138 +62,183 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        write = conn.get_execution_options().get("fhir_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        # read sessions run in autocommit (no BEGIN): each of their statements is atomic
+        if conn.get_execution_options().get("fhir_write", False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _stored(row: Any, method: str = "PUT", seq: int = 0) -> Stored:
-    return Stored(row.res_type, row.res_id, row.version, row.ts_us, row.deleted, row.content, method, seq)
+_RESOURCE_COLUMNS = "res_type, res_id, version, ts_us, deleted, content"
+_VERSION_COLUMNS = "res_type, res_id, version, ts_us, deleted, content, method, seq"
+
+
+def _stored(row: Any) -> Stored:
+    if len(row) == 6:
+        return Stored(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
+    return Stored(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], row[7])
+
+
+class _Driver:
+    """Statements run on the driver connection under SQLAlchemy's (pooled, transaction-managed)
+    connection. Measured on this project's read path, SQLAlchemy's async execution layer cost
+    about four times the query itself on aiosqlite (every cursor step is a thread hop), so the
+    statements below are plain SQL with ``?`` placeholders, run through the driver directly:
+    one round trip each. SQLAlchemy keeps the pool, the transactions, the schema and Alembic."""
+
+    def __init__(self, raw: Any, pg: bool) -> None:
+        self.raw = raw
+        self.pg = pg
+
+    @staticmethod
+    @lru_cache(maxsize=512)
+    def _dollar(sql: str) -> str:
+        parts = sql.split("?")
+        return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+
+    async def fetch(self, sql: str, *params: Any) -> list[Any]:
+        if self.pg:
+            return await self.raw.fetch(self._dollar(sql), *params)
+        return list(await self.raw.execute_fetchall(sql, params))
+
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        if self.pg:
+            await self.raw.executemany(self._dollar(sql), rows)
+        else:
+            await self.raw.executemany(sql, rows)
 
 
 class SqlSession(Session):
-    def __init__(self, conn: AsyncConnection, partition: str) -> None:
+    def __init__(self, conn: AsyncConnection, driver: _Driver, partition: str) -> None:
         self.conn = conn
+        self.db = driver
         self.partition = partition
-        self.pg = conn.dialect.name == "postgresql"
+        self.pg = driver.pg
+        self._head: str | None = None  # the chain head, once read in this (serialised) write session
 
     # -- resources -------------------------------------------------------------------------
     async def current(self, rtype: str, rid: str) -> Stored | None:
-        q = select(resources.c.res_type, resources.c.res_id, resources.c.version, resources.c.ts_us,
-                   resources.c.deleted, resources.c.content).where(
-            resources.c.partition == self.partition, resources.c.res_type == rtype,
-            resources.c.res_id == rid)
-        row = (await self.conn.execute(q)).first()
-        return _stored(row) if row else None
+        rows = await self.db.fetch(
+            f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE partition = ? AND res_type = ? AND res_id = ?",
+            self.partition, rtype, rid)
+        return _stored(rows[0]) if rows else None
 
     async def version(self, rtype: str, rid: str, version: int) -> Stored | None:
-        v = resource_versions.c
-        row = (await self.conn.execute(
-            select(v.res_type, v.res_id, v.version, v.ts_us, v.deleted, v.content, v.method, v.seq).where(
-                v.partition == self.partition, v.res_type == rtype, v.res_id == rid, v.version == version)
-        )).first()
-        return _stored(row, row.method, row.seq) if row else None
+        rows = await self.db.fetch(
+            f"SELECT {_VERSION_COLUMNS} FROM resource_versions "
+            "WHERE partition = ? AND res_type = ? AND res_id = ? AND version = ?",
+            self.partition, rtype, rid, version)
+        return _stored(rows[0]) if rows else None
 
     async def put(self, new: Stored, *, previous: int | None) -> None:
-        values = dict(version=new.version, ts_us=new.ts_us, deleted=new.deleted, content=new.content)
-        r = resources.c
         if previous is None:
+            # writers are serialised and the caller read ``current`` in this session, so a
+            # duplicate key here means a broken invariant, not a race
             try:
-                async with self.conn.begin_nested():
-                    await self.conn.execute(insert(resources).values(
-                        partition=self.partition, res_type=new.type, res_id=new.id, **values))
-            except IntegrityError as exc:
-                raise VersionConflict(f"{new.type}/{new.id} already exists") from exc
+                await self.db.fetch(
+                    "INSERT INTO resources (partition, res_type, res_id, version, ts_us, deleted, content) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    self.partition, new.type, new.id, new.version, new.ts_us, new.deleted, new.content)
+            except Exception as exc:  # the driver's own IntegrityError class
+                if "unique" in str(exc).lower() or "duplicate" in str(exc).lower():
+                    raise VersionConflict(f"{new.type}/{new.id} already exists") from exc
+                raise
         else:
-            result = await self.conn.execute(update(resources).where(
-                r.partition == self.partition, r.res_type == new.type, r.res_id == new.id,
-                r.version == previous).values(**values))
-            if result.rowcount != 1:
+            updated = await self.db.fetch(
+                "UPDATE resources SET version = ?, ts_us = ?, deleted = ?, content = ? "
+                "WHERE partition = ? AND res_type = ? AND res_id = ? AND version = ? RETURNING version",
+                new.version, new.ts_us, new.deleted, new.content, self.partition, new.type, new.id, previous)
+            if len(updated) != 1:
                 raise VersionConflict(f"{new.type}/{new.id} is no longer at version {previous}")
-        await self.conn.execute(insert(resource_versions).values(
-            partition=self.partition, res_type=new.type, res_id=new.id, method=new.method, **values))
+        await self.db.fetch(
+            "INSERT INTO resource_versions (partition, res_type, res_id, version, ts_us, method, deleted, content) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            self.partition, new.type, new.id, new.version, new.ts_us, new.method, new.deleted, new.content)
 
-    async def set_tokens(self, rtype: str, rid: str, tokens: Sequence[Token]) -> None:
-        t = token_index.c
-        await self.conn.execute(delete(token_index).where(
-            t.partition == self.partition, t.res_type == rtype, t.res_id == rid))
-        if tokens:
-            await self.conn.execute(insert(token_index), [
-                dict(partition=self.partition, res_type=rtype, res_id=rid, param=tok.param,
-                     system=tok.system, code=tok.code) for tok in tokens])
+    async def set_tokens(self, rtype: str, rid: str, tokens: Sequence[Token], *, new: bool = False) -> None:
+        if not new:
+            await self.db.fetch("DELETE FROM token_index WHERE partition = ? AND res_type = ? AND res_id = ?",
+                                self.partition, rtype, rid)
+        await self.db.executemany(
+            "INSERT INTO token_index (partition, res_type, res_id, param, system, code) VALUES (?, ?, ?, ?, ?, ?)",
+            [(self.partition, rtype, rid, t.param, t.system or "", t.code) for t in tokens])
 
     async def find(self, rtype: str, ids: Sequence[str] | None, tokens: Sequence[Sequence[Token]],
                    limit: int, after_id: str | None = None) -> list[Stored]:
-        r, t = resources.c, token_index.c
-        conds = [r.partition == self.partition, r.res_type == rtype, r.deleted.is_(False)]
+        where = ["r.partition = ?", "r.res_type = ?", "r.deleted = ?"]
+        params: list[Any] = [self.partition, rtype, False]
         if ids is not None:
-            conds.append(r.res_id.in_(list(ids)))
+            if not ids:
+                return []
+            where.append(f"r.res_id IN ({', '.join('?' for _ in ids)})")
+            params += list(ids)
         if after_id is not None:
-            conds.append(r.res_id > after_id)
+            where.append("r.res_id > ?")
+            params.append(after_id)
         for alternatives in tokens:
             ors = []
             for tok in alternatives:
-                match = [t.param == tok.param, t.code == tok.code]
-                if tok.system is not None:
-                    match.append(t.system == tok.system)
-                ors.append(and_(*match))
-            sub = select(t.res_id).where(t.partition == self.partition, t.res_type == rtype,
-                                         t.res_id == r.res_id, or_(*ors))
-            conds.append(exists(sub))
-        q = select(r.res_type, r.res_id, r.version, r.ts_us, r.deleted, r.content).where(*conds)
-        q = q.order_by(r.res_id).limit(limit)
-        return [_stored(row) for row in (await self.conn.execute(q))]
+                if tok.system is None:
+                    ors.append("(t.param = ? AND t.code = ?)")
+                    params += [tok.param, tok.code]
+                else:
+                    ors.append("(t.param = ? AND t.code = ? AND t.system = ?)")
+                    params += [tok.param, tok.code, tok.system]
+            where.append("EXISTS (SELECT 1 FROM token_index t WHERE t.partition = r.partition AND "
+                         f"t.res_type = r.res_type AND t.res_id = r.res_id AND ({' OR '.join(ors)}))")
+        sql = (f"SELECT r.res_type, r.res_id, r.version, r.ts_us, r.deleted, r.content FROM resources r "
+               f"WHERE {' AND '.join(where)} ORDER BY r.res_id LIMIT ?")
+        return [_stored(row) for row in await self.db.fetch(sql, *params, limit)]
 
     async def history(self, query: HistoryQuery) -> list[Stored]:
-        v = resource_versions.c
-        conds = [v.partition == self.partition]
-        if query.type is not None:
-            conds.append(v.res_type == query.type)
-        if query.id is not None:
-            conds.append(v.res_id == query.id)
-        if query.since_us is not None:
-            conds.append(v.ts_us >= query.since_us)
-        if query.before_seq is not None:
-            conds.append(v.seq < query.before_seq)
+        where, params = ["v.partition = ?"], [self.partition]
+        for clause, value in (("v.res_type = ?", query.type), ("v.res_id = ?", query.id),
+                              ("v.ts_us >= ?", query.since_us), ("v.seq < ?", query.before_seq)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
         if query.at is not None:
             start, end = query.at
-            newer = resource_versions.alias("newer")
-            conds.append(v.ts_us < end)
-            conds.append(~exists(select(newer.c.seq).where(
-                newer.c.partition == v.partition, newer.c.res_type == v.res_type,
-                newer.c.res_id == v.res_id, newer.c.version > v.version, newer.c.ts_us <= start)))
-        q = select(v.res_type, v.res_id, v.version, v.ts_us, v.deleted, v.content, v.method, v.seq
-                   ).where(*conds).order_by(v.seq.desc()).limit(query.count)
-        return [_stored(row, row.method, row.seq) for row in (await self.conn.execute(q))]
+            where.append("v.ts_us < ?")
+            where.append("NOT EXISTS (SELECT 1 FROM resource_versions n WHERE n.partition = v.partition AND "
+                         "n.res_type = v.res_type AND n.res_id = v.res_id AND n.version > v.version "
+                         "AND n.ts_us <= ?)")
+            params += [end, start]
+        sql = (f"SELECT v.res_type, v.res_id, v.version, v.ts_us, v.deleted, v.content, v.method, v.seq "
+               f"FROM resource_versions v WHERE {' AND '.join(where)} ORDER BY v.seq DESC LIMIT ?")
+        return [_stored(row) for row in await self.db.fetch(sql, *params, query.count)]
 
     # -- locks -----------------------------------------------------------------------------
     async def writer_lock(self) -> None:
         if self.pg:
+            # through SQLAlchemy: its first statement is what opens the driver's transaction
             await self.conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
                                     {"k": f"fhir-ctms-writer/{self.partition}"})
 
     # -- audit chain -----------------------------------------------------------------------
     async def chain_head(self) -> str:
-        a = audit_chain.c
-        head = (await self.conn.execute(select(a.chain_hash).where(a.partition == self.partition)
-                                        .order_by(a.seq.desc()).limit(1))).scalar()
-        return head or GENESIS
+        if self._head is None:
+            rows = await self.db.fetch(
+                "SELECT chain_hash FROM audit_chain WHERE partition = ? ORDER BY seq DESC LIMIT 1", self.partition)
+            self._head = rows[0][0] if rows else GENESIS
+        return self._head
 
     async def append_link(self, link: ChainLink) -> None:
-        await self.conn.execute(insert(audit_chain).values(
-            partition=self.partition, res_type=link.type, res_id=link.id, content_hash=link.content_hash,
-            prev_hash=link.prev_hash, chain_hash=link.chain_hash))
+        await self.db.fetch(
+            "INSERT INTO audit_chain (partition, res_type, res_id, content_hash, prev_hash, chain_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            self.partition, link.type, link.id, link.content_hash, link.prev_hash, link.chain_hash)
+        self._head = link.chain_hash
 
     async def links(self, after_seq: int, limit: int) -> list[ChainLink]:
-        a = audit_chain.c
-        rows = await self.conn.execute(select(a.seq, a.res_type, a.res_id, a.content_hash, a.prev_hash,
-                                              a.chain_hash).where(a.partition == self.partition,
-                                                                  a.seq > after_seq)
-                                       .order_by(a.seq).limit(limit))
+        rows = await self.db.fetch(
+            "SELECT seq, res_type, res_id, content_hash, prev_hash, chain_hash FROM audit_chain "
+            "WHERE partition = ? AND seq > ? ORDER BY seq LIMIT ?", self.partition, after_seq, limit)
         return [ChainLink(*row) for row in rows]
 
 
-def _transient(exc: DBAPIError) -> bool:
-    text_ = str(exc.orig if exc.orig is not None else exc).lower()
+def _transient(exc: Exception) -> bool:
+    text_ = str(getattr(exc, "orig", None) or exc).lower()
     return any(s in text_ for s in ("database is locked", "deadlock detected", "could not serialize",
                                     "busy"))
 
@@ -206,14 +256,22 @@ class SqlRepository(Repository):
     async def session(self, *, write: bool) -> AsyncIterator[Session]:
         try:
             async with self.engine.connect() as conn:
-                if write:
-                    conn = await conn.execution_options(fhir_write=True)
+                pg = conn.dialect.name == "postgresql"
+                if not write:
+                    # a read session: no transaction round trips, every statement atomic
+                    # (SQLite's driver is in autocommit already and the begin hook adds nothing)
+                    if pg:
+                        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    raw = await conn.get_raw_connection()
+                    yield SqlSession(conn, _Driver(raw.driver_connection, pg), self.partition)
+                    return
+                conn = await conn.execution_options(fhir_write=True)
                 async with conn.begin():
-                    session = SqlSession(conn, self.partition)
-                    if write:
-                        await session.writer_lock()
+                    raw = await conn.get_raw_connection()
+                    session = SqlSession(conn, _Driver(raw.driver_connection, pg), self.partition)
+                    await session.writer_lock()
                     yield session
-        except (OperationalError, DBAPIError) as exc:
+        except (OperationalError, DBAPIError, sqlite3.OperationalError, asyncpg.PostgresError) as exc:
             if _transient(exc):
                 raise ServiceUnavailable("The database is busy; retry the request",
                                          headers={"Retry-After": "1"}) from exc

@@ -115,15 +115,33 @@ class SqlSession(Session):
         self.partition = partition
         self.pg = driver.pg
         self._head: str | None = None  # the chain head, once read in this (serialised) write session
+        # Inserts wait here and go to the database in one executemany per table: at the end of
+        # the session, or before any read (so a session always reads its own writes).
+        self._pending: dict[str, list[tuple[Any, ...]]] = {}
+
+    def _queue(self, sql: str, row: tuple[Any, ...]) -> None:
+        self._pending.setdefault(sql, []).append(row)
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for sql, rows in pending.items():
+            try:
+                await self.db.executemany(sql, rows)
+            except Exception as exc:  # the driver's own IntegrityError class
+                if "unique" in str(exc).lower() or "duplicate" in str(exc).lower():
+                    raise VersionConflict("A resource version or audit link was written twice") from exc
+                raise
 
     # -- resources -------------------------------------------------------------------------
     async def current(self, rtype: str, rid: str) -> Stored | None:
+        await self.flush()
         rows = await self.db.fetch(
             f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE partition = ? AND res_type = ? AND res_id = ?",
             self.partition, rtype, rid)
         return _stored(rows[0]) if rows else None
 
     async def version(self, rtype: str, rid: str, version: int) -> Stored | None:
+        await self.flush()
         rows = await self.db.fetch(
             f"SELECT {_VERSION_COLUMNS} FROM resource_versions "
             "WHERE partition = ? AND res_type = ? AND res_id = ? AND version = ?",
@@ -133,16 +151,10 @@ class SqlSession(Session):
     async def put(self, new: Stored, *, previous: int | None) -> None:
         if previous is None:
             # writers are serialised and the caller read ``current`` in this session, so a
-            # duplicate key here means a broken invariant, not a race
-            try:
-                await self.db.fetch(
-                    "INSERT INTO resources (partition, res_type, res_id, version, ts_us, deleted, content) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    self.partition, new.type, new.id, new.version, new.ts_us, new.deleted, new.content)
-            except Exception as exc:  # the driver's own IntegrityError class
-                if "unique" in str(exc).lower() or "duplicate" in str(exc).lower():
-                    raise VersionConflict(f"{new.type}/{new.id} already exists") from exc
-                raise
+            # duplicate key (reported at flush) means a broken invariant, not a race
+            self._queue("INSERT INTO resources (partition, res_type, res_id, version, ts_us, deleted, content) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (self.partition, new.type, new.id, new.version, new.ts_us, new.deleted, new.content))
         else:
             updated = await self.db.fetch(
                 "UPDATE resources SET version = ?, ts_us = ?, deleted = ?, content = ? "
@@ -150,18 +162,18 @@ class SqlSession(Session):
                 new.version, new.ts_us, new.deleted, new.content, self.partition, new.type, new.id, previous)
             if len(updated) != 1:
                 raise VersionConflict(f"{new.type}/{new.id} is no longer at version {previous}")
-        await self.db.fetch(
+        self._queue(
             "INSERT INTO resource_versions (partition, res_type, res_id, version, ts_us, method, deleted, content) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            self.partition, new.type, new.id, new.version, new.ts_us, new.method, new.deleted, new.content)
+            (self.partition, new.type, new.id, new.version, new.ts_us, new.method, new.deleted, new.content))
 
     async def set_tokens(self, rtype: str, rid: str, tokens: Sequence[Token], *, new: bool = False) -> None:
         if not new:
             await self.db.fetch("DELETE FROM token_index WHERE partition = ? AND res_type = ? AND res_id = ?",
                                 self.partition, rtype, rid)
-        await self.db.executemany(
-            "INSERT INTO token_index (partition, res_type, res_id, param, system, code) VALUES (?, ?, ?, ?, ?, ?)",
-            [(self.partition, rtype, rid, t.param, t.system or "", t.code) for t in tokens])
+        for t in tokens:
+            self._queue("INSERT INTO token_index (partition, res_type, res_id, param, system, code) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", (self.partition, rtype, rid, t.param, t.system or "", t.code))
 
     async def find(self, rtype: str, ids: Sequence[str] | None, tokens: Sequence[Sequence[Token]],
                    limit: int, after_id: str | None = None) -> list[Stored]:
@@ -186,6 +198,7 @@ class SqlSession(Session):
                     params += [tok.param, tok.code, tok.system]
             where.append("EXISTS (SELECT 1 FROM token_index t WHERE t.partition = r.partition AND "
                          f"t.res_type = r.res_type AND t.res_id = r.res_id AND ({' OR '.join(ors)}))")
+        await self.flush()
         sql = (f"SELECT r.res_type, r.res_id, r.version, r.ts_us, r.deleted, r.content FROM resources r "
                f"WHERE {' AND '.join(where)} ORDER BY r.res_id LIMIT ?")
         return [_stored(row) for row in await self.db.fetch(sql, *params, limit)]
@@ -204,6 +217,7 @@ class SqlSession(Session):
                          "n.res_type = v.res_type AND n.res_id = v.res_id AND n.version > v.version "
                          "AND n.ts_us <= ?)")
             params += [end, start]
+        await self.flush()
         sql = (f"SELECT v.res_type, v.res_id, v.version, v.ts_us, v.deleted, v.content, v.method, v.seq "
                f"FROM resource_versions v WHERE {' AND '.join(where)} ORDER BY v.seq DESC LIMIT ?")
         return [_stored(row) for row in await self.db.fetch(sql, *params, query.count)]
@@ -224,13 +238,13 @@ class SqlSession(Session):
         return self._head
 
     async def append_link(self, link: ChainLink) -> None:
-        await self.db.fetch(
-            "INSERT INTO audit_chain (partition, res_type, res_id, content_hash, prev_hash, chain_hash) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            self.partition, link.type, link.id, link.content_hash, link.prev_hash, link.chain_hash)
+        self._queue("INSERT INTO audit_chain (partition, res_type, res_id, content_hash, prev_hash, chain_hash) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (self.partition, link.type, link.id, link.content_hash, link.prev_hash, link.chain_hash))
         self._head = link.chain_hash
 
     async def links(self, after_seq: int, limit: int) -> list[ChainLink]:
+        await self.flush()
         rows = await self.db.fetch(
             "SELECT seq, res_type, res_id, content_hash, prev_hash, chain_hash FROM audit_chain "
             "WHERE partition = ? AND seq > ? ORDER BY seq LIMIT ?", self.partition, after_seq, limit)
@@ -271,6 +285,7 @@ class SqlRepository(Repository):
                     session = SqlSession(conn, _Driver(raw.driver_connection, pg), self.partition)
                     await session.writer_lock()
                     yield session
+                    await session.flush()
         except (OperationalError, DBAPIError, sqlite3.OperationalError, asyncpg.PostgresError) as exc:
             if _transient(exc):
                 raise ServiceUnavailable("The database is busy; retry the request",

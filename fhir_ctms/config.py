@@ -12,6 +12,8 @@ class Settings(BaseSettings):
 
     #: SQLAlchemy async URL; ``postgresql+asyncpg://user:pw@host/db`` selects PostgreSQL.
     database_url: str = "sqlite+aiosqlite:///./fhir-ctms.db"
+    #: Database connections kept open (a fixed pool: opening one per burst costs more than the query).
+    pool_size: int = 20
     #: Partition key written on every row (the tenant); one partition for now.
     partition: str = "default"
     #: Request bodies larger than this are refused with 413.

@@ -25,7 +25,8 @@ def create_app(settings: Settings | None = None, repo: Repository | None = None,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = None
         if app.state.repo is None:
-            own = SqlRepository.from_url(settings.database_url, settings.partition)
+            own = SqlRepository.from_url(settings.database_url, settings.partition,
+                                          pool_size=settings.pool_size)
             if migrate:
                 await upgrade(own.engine)
             app.state.repo = own

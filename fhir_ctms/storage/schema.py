@@ -46,6 +46,7 @@ resource_versions = Table(
     UniqueConstraint("partition", "res_type", "res_id", "version", name="uq_resource_versions_key"),
     Index("ix_resource_versions_type_seq", "partition", "res_type", "seq"),
     Index("ix_resource_versions_partition_seq", "partition", "seq"),
+    Index("ix_resource_versions_instance_seq", "partition", "res_type", "res_id", "seq"),
 )
 
 token_index = Table(
@@ -71,4 +72,5 @@ audit_chain = Table(
     Column("chain_hash", String(64), nullable=False),
     # a fork (two records claiming the same predecessor) is impossible, not just detected
     UniqueConstraint("partition", "prev_hash", name="uq_audit_chain_prev"),
+    Index("ix_audit_chain_partition_seq", "partition", "seq"),
 )

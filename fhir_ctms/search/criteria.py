@@ -65,8 +65,8 @@ def parse(params: list[tuple[str, str]] | tuple[tuple[str, str], ...], *, strict
     for name, value in params:
         if "\x00" in name or "\x00" in value:
             raise BadRequest("Search parameters may not contain the NUL character")
-        if name in RESULT_PARAMS:
-            continue
+        if name in RESULT_PARAMS or not value.strip(","):
+            continue  # a parameter without a value is ignored (R5 search.html#errors)
         values += value.count(",") + 1
         if values > MAX_VALUES:
             raise BadRequest(f"At most {MAX_VALUES} search values are allowed in one request")

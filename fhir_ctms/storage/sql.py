@@ -230,6 +230,8 @@ class SqlSession(Session):
             where.append("r.res_id > ?")
             params.append(after_id)
         for alternatives in tokens:
+            if not alternatives:
+                continue
             ors = []
             for tok in alternatives:
                 if tok.system is None:

@@ -62,7 +62,6 @@ class FhirResponse:
     body: Any = None
     raw: str | None = None
     stored: Stored | None = None
-    location: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     #: an OperationOutcome to send when the client prefers return=OperationOutcome
     outcome: dict[str, Any] | None = None

@@ -26,9 +26,6 @@ class Criteria:
     #: parameters that are not supported (ignored unless handling=strict)
     unknown: tuple[str, ...] = ()
 
-    def to_query(self) -> str:
-        return urlencode(self.used)
-
     def key(self) -> str:
         """The same string for the same criteria in any order (a lock key)."""
         return urlencode(sorted(self.used))

@@ -29,7 +29,7 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ..errors import ServiceUnavailable
+from ..errors import Conflict, ServiceUnavailable
 from .repository import GENESIS, ChainLink, HistoryQuery, Repository, Session, Stored, Token, VersionConflict
 
 
@@ -353,7 +353,10 @@ class SqlRepository(Repository):
                     session = SqlSession(conn, _Driver(raw.driver_connection, pg), self.partition)
                     await session.writer_lock()
                     yield session
-                    await session.flush()
+                    try:
+                        await session.flush()
+                    except VersionConflict as exc:  # a key written twice: refuse, roll back
+                        raise Conflict(str(exc)) from exc
         except (OperationalError, DBAPIError, sqlite3.OperationalError, asyncpg.PostgresError) as exc:
             if _transient(exc):
                 raise ServiceUnavailable("The database is busy; retry the request",

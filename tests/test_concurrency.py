@@ -65,17 +65,22 @@ async def test_concurrent_conditional_creates_create_one(live_server):
         assert await _history_versions(http, f"Patient/{rid}") == [1]
 
 
+async def _concurrent_updates(http: httpx.AsyncClient, headers: dict[str, str]) -> tuple[str, list[httpx.Response]]:
+    """Create a Patient, then send N PUTs of it at once (writer i sets family "Writer{i}")."""
+    r = await http.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "Start"}]})
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+
+    async def update(i: int) -> httpx.Response:
+        body = {"resourceType": "Patient", "id": rid, "name": [{"family": f"Writer{i}"}]}
+        return await http.put(f"/Patient/{rid}", json=body, headers=headers)
+    return rid, list(await asyncio.gather(*(update(i) for i in range(N))))
+
+
 async def test_concurrent_updates_with_same_if_match_one_wins(live_server):
     server = live_server()
     async with _client(server) as http:
-        r = await http.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "Start"}]})
-        assert r.status_code == 201, r.text
-        rid = r.json()["id"]
-
-        async def update(i: int) -> httpx.Response:
-            body = {"resourceType": "Patient", "id": rid, "name": [{"family": f"Writer{i}"}]}
-            return await http.put(f"/Patient/{rid}", json=body, headers={"If-Match": 'W/"1"'})
-        responses = await asyncio.gather(*(update(i) for i in range(N)))
+        rid, responses = await _concurrent_updates(http, {"If-Match": 'W/"1"'})
 
         statuses = Counter(r.status_code for r in responses)
         assert statuses == {200: 1, 412: N - 1}, [(r.status_code, r.text[:300]) for r in responses]
@@ -97,14 +102,7 @@ async def test_concurrent_updates_with_same_if_match_one_wins(live_server):
 async def test_concurrent_plain_updates_lose_nothing(live_server):
     server = live_server()
     async with _client(server) as http:
-        r = await http.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "Start"}]})
-        assert r.status_code == 201, r.text
-        rid = r.json()["id"]
-
-        async def update(i: int) -> httpx.Response:
-            body = {"resourceType": "Patient", "id": rid, "name": [{"family": f"Writer{i}"}]}
-            return await http.put(f"/Patient/{rid}", json=body)
-        responses = await asyncio.gather(*(update(i) for i in range(N)))
+        rid, responses = await _concurrent_updates(http, {})
 
         assert [r.status_code for r in responses] == [200] * N, [(r.status_code, r.text[:300]) for r in responses]
         versions = sorted(_version(r) for r in responses)

@@ -153,7 +153,18 @@ async def test_nul_huge_and_many_values_are_400(client):
 async def test_405_names_every_allowed_method(client):
     r = await client.post("/Patient/p1")
     assert r.status_code == 405
-    assert set(r.headers["allow"].split(", ")) == {"GET", "PUT", "PATCH", "DELETE"}
+    assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "PUT", "PATCH", "DELETE"}
+    assert r.json()["resourceType"] == "OperationOutcome"
+
+
+async def test_head_answers_the_headers_of_get_without_a_body(client):
+    created = await client.post("/Patient", json=patient())
+    location = "/Patient/" + created.json()["id"]
+    get, head = await client.get(location), await client.head(location)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["etag"] == get.headers["etag"] == 'W/"1"'
+    assert int(head.headers["content-length"]) == len(get.content)
+    assert (await client.head("/Patient/nope")).status_code == 404
 
 
 async def test_search_outcome_entry_has_a_full_url(client):

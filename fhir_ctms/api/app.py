@@ -1,9 +1,14 @@
-"""The ASGI application: settings, the repository, the routes and the error boundary."""
+"""The ASGI application: ``/fhir`` goes to the FHIR REST app, everything else to FastAPI.
+
+Both share one :class:`State` (settings and repository); the repository is
+opened (and migrated) at startup unless one is given.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -12,35 +17,53 @@ from ..config import Settings, get_settings
 from ..storage.migrate import upgrade
 from ..storage.repository import Repository
 from ..storage.sql import SqlRepository
-from . import boundary, routes
+from . import boundary, openapi
+from .rest import FhirRest, State
+
+PREFIX = "/fhir"
+
+
+class Server:
+    """The ASGI callable uvicorn serves: a path test, then one of the two apps."""
+
+    def __init__(self, state: State, rest: FhirRest, web: FastAPI) -> None:
+        self.state, self.rest, self.web = state, rest, web
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path.startswith(PREFIX) and (len(path) == len(PREFIX) or path[len(PREFIX)] == "/"):
+                await self.rest(scope, receive, send)
+                return
+        await self.web(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, repo: Repository | None = None,
-               migrate: bool = True) -> FastAPI:
+               migrate: bool = True) -> Server:
     """The app; with no ``repo`` one is opened on ``settings.database_url`` at startup
     (and migrated to the newest schema when ``migrate``)."""
     settings = settings or get_settings()
+    state = State(settings, repo)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         own = None
-        if app.state.repo is None:
+        if state.repo is None:
             own = SqlRepository.from_url(settings.database_url, settings.partition,
                                           pool_size=settings.pool_size)
             if migrate:
                 await upgrade(own.engine)
-            app.state.repo = own
+            state.repo = own
         try:
             yield
         finally:
             if own is not None:
                 await own.close()
-                app.state.repo = None
+                state.repo = None
 
-    app = FastAPI(title="fhir-ctms", version=__version__, lifespan=lifespan,
+    web = FastAPI(title="fhir-ctms", version=__version__, lifespan=lifespan,
                   description="FHIR R5 Clinical Trial Management System server")
-    app.state.settings = settings
-    app.state.repo = repo
-    boundary.install(app)
-    app.include_router(routes.router)
-    return app
+    web.state.fhir = state
+    boundary.install(web)
+    web.openapi = lambda: openapi.document(web, PREFIX)  # type: ignore[method-assign]
+    return Server(state, FhirRest(state, PREFIX), web)

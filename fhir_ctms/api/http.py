@@ -1,60 +1,145 @@
-"""HTTP <-> interaction values: reading requests (with the body size limit) and writing responses."""
+"""HTTP <-> interaction values on plain ASGI: the request line and headers in, the response out.
+
+Nothing here knows FHIR semantics: it reads what an interaction needs from the
+ASGI scope (method, path segments, query parameters, the headers interactions
+read, the client address, the base URL), enforces the body size limit, and
+turns a :class:`FhirResponse` into status, headers and bytes (ETag,
+Last-Modified, Location, ``Prefer: return``, ``_pretty``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import Request
-from fastapi.responses import Response
 
 from ..audit.records import Actor
+from ..config import Settings
 from ..errors import BadRequest, PayloadTooLarge
 from ..interactions.context import Context, FhirRequest, FhirResponse, etag, http_date
+from ..interactions.router import Match
 from ..interactions.table import INTERACTIONS
 from ..resources.json import dumps, dumps_pretty
-from .negotiation import response_type
+from ..storage.repository import Repository
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 _WRITES = {name for name, spec in INTERACTIONS.items() if spec.writes}
+#: the request headers interactions read (FhirRequest.headers)
 _HEADERS = ("if-match", "if-none-match", "if-none-exist", "if-modified-since", "prefer", "x-reason")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
+class ClientGone(Exception):
+    """The client disconnected before its body arrived: there is no one to answer."""
+
+
+@dataclass(slots=True)
+class Incoming:
+    method: str
+    #: the path below the FHIR base, split on "/" (empty segments dropped)
+    segments: list[str]
+    query: str
+    params: tuple[tuple[str, str], ...]
+    #: lower-case names; a repeated header's values joined with ", " (RFC 9110 5.3)
+    headers: dict[str, str]
+    client: str | None
+    base: str
+
+    def param(self, name: str) -> str | None:
+        for key, value in self.params:
+            if key == name:
+                return value
+        return None
+
+
+def incoming(scope: dict[str, Any], prefix: str, settings: Settings) -> Incoming:
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    query = scope.get("query_string", b"").decode("latin-1")
+    client = scope.get("client")
+    return Incoming(
+        method=scope["method"],
+        segments=[p for p in scope["path"][len(prefix):].split("/") if p],
+        query=query,
+        params=tuple(parse_qsl(query, keep_blank_values=True)) if query else (),
+        headers=headers,
+        client=client[0] if client else None,
+        base=_base_url(scope, headers, prefix, settings),
+    )
+
+
+def _base_url(scope: dict[str, Any], headers: dict[str, str], prefix: str, settings: Settings) -> str:
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    host = headers.get("host")
+    if host is None:
+        server = scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else "localhost"
+    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}{prefix}"
+
+
+async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+    length = headers.get("content-length")
     if length is not None and length.isascii() and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"The body is larger than the limit of {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"The body is larger than the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
-def base_url(request: Request) -> str:
-    configured = request.app.state.settings.public_base_url
-    if configured:
-        return configured.rstrip("/")
-    return str(request.base_url).rstrip("/") + "/fhir"
+def form_params(body: bytes) -> tuple[tuple[str, str], ...]:
+    """An ``application/x-www-form-urlencoded`` body as parameters (POST [type]/_search)."""
+    try:
+        return tuple(parse_qsl(body.decode(), keep_blank_values=True))
+    except UnicodeDecodeError as exc:
+        raise BadRequest("The form body is not UTF-8") from exc
 
 
-def context(request: Request) -> Context:
-    reason = request.headers.get("x-reason")
+def context(inc: Incoming, repo: Repository, settings: Settings) -> Context:
+    reason = inc.headers.get("x-reason")
     if reason is not None and len(reason) > 1024:
         raise BadRequest("X-Reason is limited to 1024 characters")
-    client = request.client.host if request.client else None
-    return Context(repo=request.app.state.repo, settings=request.app.state.settings,
-                   base=base_url(request), actor=Actor(address=client), reason=reason or None)
+    return Context(repo=repo, settings=settings, base=inc.base, actor=Actor(address=inc.client),
+                   reason=reason or None)
 
 
-def fhir_request(request: Request, interaction: str, *, type: str | None = None, id: str | None = None,
-                 vid: str | None = None, body: bytes = b"",
+def fhir_request(inc: Incoming, match: Match, body: bytes = b"",
                  params: tuple[tuple[str, str], ...] | None = None) -> FhirRequest:
-    headers = {h: v for h in _HEADERS if (v := request.headers.get(h)) is not None}
-    return FhirRequest(method=request.method, type=type, id=id, vid=vid,
-                       params=params if params is not None else tuple(request.query_params.multi_items()),
-                       query=request.url.query, headers=headers, body=body, interaction=interaction)
+    headers = {h: v for h in _HEADERS if (v := inc.headers.get(h)) is not None}
+    return FhirRequest(method="GET" if inc.method == "HEAD" else inc.method, type=match.type, id=match.id,
+                       vid=match.vid, params=inc.params if params is None else params, query=inc.query,
+                       headers=headers, body=body, interaction=match.interaction)
+
+
+@dataclass(slots=True)
+class Outgoing:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+def outgoing(status: int, headers: dict[str, str], body: bytes | None, media: str | None) -> Outgoing:
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    if body is not None and media is not None:
+        raw.append((b"content-type", f"{media}; charset=utf-8".encode("latin-1")))
+    if status not in (204, 304):  # RFC 9110 8.6: neither carries a body, nor its length
+        raw.append((b"content-length", str(len(body or b"")).encode("latin-1")))
+    return Outgoing(status, raw, body or b"")
 
 
 def _serialise(value: object, pretty: bool) -> bytes:
@@ -63,22 +148,16 @@ def _serialise(value: object, pretty: bool) -> bytes:
     return dumps(value)
 
 
-def negotiate(request: Request) -> str:
-    """The response media type, decided before anything runs (406 changes nothing)."""
-    return response_type(request.query_params.get("_format"), request.headers.get("accept"))
-
-
-def render(request: Request, req: FhirRequest, res: FhirResponse, media: str) -> Response:
+def render(inc: Incoming, req: FhirRequest, res: FhirResponse, media: str) -> Outgoing:
     """An interaction's result as an HTTP response: headers, Prefer, _format and _pretty."""
-    pretty = request.query_params.get("_pretty") == "true"
+    pretty = inc.param("_pretty") == "true"
     headers = dict(res.headers)
     st = res.stored
-    base = base_url(request)
     if st is not None:
         headers["ETag"] = etag(st.version)
         headers["Last-Modified"] = http_date(st.ts_us)
         if req.method in ("POST", "PUT", "PATCH") and not st.deleted and res.status in (200, 201):
-            headers["Location"] = f"{base}/{st.type}/{st.id}/_history/{st.version}"
+            headers["Location"] = f"{inc.base}/{st.type}/{st.id}/_history/{st.version}"
     status = res.status
     body: bytes | None = None
     if status == 304:
@@ -96,9 +175,7 @@ def render(request: Request, req: FhirRequest, res: FhirResponse, media: str) ->
             body = _body(res, pretty)
     else:
         body = _body(res, pretty)
-    if body is None:
-        return Response(status_code=status, headers=headers)
-    return Response(body, status_code=status, headers=headers, media_type=f"{media}; charset=utf-8")
+    return outgoing(status, headers, body, media)
 
 
 def _body(res: FhirResponse, pretty: bool) -> bytes | None:

@@ -1,56 +1,116 @@
-"""A request line inside a Bundle entry (``request.method`` + ``request.url``) as a FhirRequest.
+"""The FHIR REST URL space as one table: a request line (method and path) names an interaction.
 
-The HTTP routes in ``fhir_ctms.api`` name their interaction directly; a batch
-or transaction entry only has a method and a relative URL, parsed here.
+The HTTP layer (``fhir_ctms.api.rest``), Bundle entries (``request.method`` +
+``request.url``) and the OpenAPI document all read :data:`ROUTES`, so what is
+routed, what a Bundle may contain and what is documented cannot drift apart.
+A path that matches no shape is a 404; a shape served for other methods only is
+a 405 carrying every method it is served for (R5 http.html: ``Allow``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
-from ..errors import BadRequest
+from ..errors import BadRequest, MethodNotAllowed, NotFound
 from .context import FhirRequest
 
-_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
+TYPE, ID, VID = "{type}", "{id}", "{vid}"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    #: literal segments, or the placeholders TYPE, ID and VID
+    shape: tuple[str, ...]
+    #: method -> interaction (a key of ``fhir_ctms.interactions.table.INTERACTIONS``, or "bundle")
+    methods: dict[str, str]
+    #: the media types the body may have, by method (no entry: the method takes no body)
+    bodies: dict[str, str]
+
+    @property
+    def path(self) -> str:
+        return "/" + "/".join(self.shape) if self.shape else ""
+
+    def allow(self) -> str:
+        methods = set(self.methods) | ({"HEAD"} if "GET" in self.methods else set())
+        return ", ".join(sorted(methods))
+
+
+RESOURCE, PATCH, FORM = "resource", "json-patch", "form"
+
+#: most specific first: a literal segment wins over a placeholder at the same position
+ROUTES: tuple[Route, ...] = (
+    Route((), {"POST": "bundle"}, {"POST": RESOURCE}),
+    Route(("metadata",), {"GET": "capabilities"}, {}),
+    Route(("_history",), {"GET": "history-system"}, {}),
+    Route((TYPE, "_history"), {"GET": "history-type"}, {}),
+    Route((TYPE, "_search"), {"POST": "search-type"}, {"POST": FORM}),
+    Route((TYPE,), {"GET": "search-type", "POST": "create", "PUT": "update", "PATCH": "patch",
+                    "DELETE": "delete"}, {"POST": RESOURCE, "PUT": RESOURCE, "PATCH": PATCH}),
+    Route((TYPE, ID, "_history"), {"GET": "history-instance"}, {}),
+    Route((TYPE, ID, "_history", VID), {"GET": "vread"}, {}),
+    Route((TYPE, ID), {"GET": "read", "PUT": "update", "PATCH": "patch", "DELETE": "delete"},
+          {"PUT": RESOURCE, "PATCH": PATCH}),
+)
+
+_BY_LENGTH: dict[int, tuple[Route, ...]] = {}
+for _route in ROUTES:
+    _BY_LENGTH[len(_route.shape)] = _BY_LENGTH.get(len(_route.shape), ()) + (_route,)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    route: Route
+    interaction: str
+    type: str | None = None
+    id: str | None = None
+    vid: str | None = None
+
+
+def _fits(shape: tuple[str, ...], segments: list[str]) -> bool:
+    for want, got in zip(shape, segments):
+        if want in (TYPE, ID, VID):
+            if not got:
+                return False
+        elif want != got:
+            return False
+    return True
+
+
+def route(method: str, segments: list[str]) -> Match:
+    """The interaction a method and path (split on ``/``, below the base) name; 404 or 405."""
+    for candidate in _BY_LENGTH.get(len(segments), ()):
+        if not _fits(candidate.shape, segments):
+            continue
+        interaction = candidate.methods.get("GET" if method == "HEAD" else method)
+        if interaction is None:
+            raise MethodNotAllowed(f"{method} is not allowed here; allowed: {candidate.allow()}",
+                                   headers={"Allow": candidate.allow()})
+        values = dict(zip(candidate.shape, segments))
+        return Match(candidate, interaction, values.get(TYPE), values.get(ID), values.get(VID))
+    raise NotFound("No such endpoint")
+
+
+_ENTRY_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
 
 
 def entry_request(method: str, target: str, base: str, headers: dict[str, str]) -> FhirRequest:
-    if method not in _METHODS:
+    """A Bundle entry's request line as a FhirRequest (the resource comes from the entry)."""
+    if method not in _ENTRY_METHODS:
         raise BadRequest(f"Unsupported request.method {method!r}")
     if target.startswith(base + "/"):
         target = target[len(base) + 1:]
     parts = urlsplit(target)
     if parts.scheme or parts.netloc:
         raise BadRequest(f"request.url {target!r} is not on this server")
-    segments = [p for p in parts.path.split("/") if p]
-    params = tuple(parse_qsl(parts.query, keep_blank_values=True))
-    verb = "GET" if method == "HEAD" else method
-    common = dict(method=verb, params=params, query=parts.query, headers=headers)
-
-    def bad() -> BadRequest:
-        return BadRequest(f"{method} {target}: not an interaction this server supports in a Bundle")
-
-    match segments:
-        case ["metadata"] if verb == "GET":
-            return FhirRequest(interaction="capabilities", **common)
-        case ["_history"] if verb == "GET":
-            return FhirRequest(interaction="history-system", **common)
-        case [rtype] if verb == "GET":
-            return FhirRequest(interaction="search-type", type=rtype, **common)
-        case [rtype] if verb == "POST":
-            return FhirRequest(interaction="create", type=rtype, **common)
-        case [rtype] if verb in ("PUT", "PATCH", "DELETE") and parts.query:
-            name = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}[verb]
-            return FhirRequest(interaction=name, type=rtype, **common)
-        case [rtype, "_history"] if verb == "GET":
-            return FhirRequest(interaction="history-type", type=rtype, **common)
-        case [rtype, rid] if not rid.startswith("_"):
-            name = {"GET": "read", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(verb)
-            if name is None:
-                raise bad()
-            return FhirRequest(interaction=name, type=rtype, id=rid, **common)
-        case [rtype, rid, "_history"] if verb == "GET":
-            return FhirRequest(interaction="history-instance", type=rtype, id=rid, **common)
-        case [rtype, rid, "_history", vid] if verb == "GET":
-            return FhirRequest(interaction="vread", type=rtype, id=rid, vid=vid, **common)
-    raise bad()
+    try:
+        found = route(method, [p for p in parts.path.split("/") if p])
+    except (NotFound, MethodNotAllowed) as exc:
+        raise BadRequest(f"{method} {target}: not an interaction this server supports") from exc
+    conditional = found.id is None and found.interaction in ("update", "patch", "delete")
+    if found.interaction == "bundle" or found.route.shape[-1:] == ("_search",) or (
+            conditional and not parts.query):
+        raise BadRequest(f"{method} {target}: not an interaction this server supports in a Bundle")
+    return FhirRequest(method="GET" if method == "HEAD" else method, type=found.type, id=found.id,
+                       vid=found.vid, params=tuple(parse_qsl(parts.query, keep_blank_values=True)),
+                       query=parts.query, headers=headers, interaction=found.interaction)

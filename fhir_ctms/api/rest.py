@@ -1,0 +1,79 @@
+"""The FHIR REST API under ``/fhir`` as a plain ASGI application.
+
+One request: route the method and path through the table in
+``fhir_ctms.interactions.router`` (404, 405 with ``Allow``), negotiate the
+response type (406), check and read the body (415, 413), run the interaction,
+render the result. Any exception ends at :func:`boundary.error_response`.
+
+Why not FastAPI routes here: measured on this machine (BENCHMARKS.md), the
+framework's routing, request objects, dependency solving and response classes
+cost more per read-by-id than the interaction and the database together
+(FHIR reads bodies, parameters and headers by its own rules, so the framework
+had nothing to validate). FastAPI still serves everything else (``/openapi.json``,
+``/docs``, and the authorization endpoints to come).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..config import Settings
+from ..interactions import bundle
+from ..interactions.router import FORM, PATCH, route
+from ..interactions.table import perform
+from ..storage.repository import Repository
+from . import boundary
+from .http import ClientGone, Outgoing, context, fhir_request, form_params, incoming, read_body, render
+from .negotiation import FHIR_JSON, JSON_PATCH, check_body_type, response_type
+from .negotiation import FORM as FORM_TYPE
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_BODY_TYPES = {FORM: (FORM_TYPE,), PATCH: (JSON_PATCH,)}
+_RESOURCE_TYPES = (FHIR_JSON, "application/json")
+
+
+class State:
+    """What every request needs: the settings and the repository (set at startup)."""
+
+    def __init__(self, settings: Settings, repo: Repository | None) -> None:
+        self.settings = settings
+        self.repo = repo
+
+
+class FhirRest:
+    def __init__(self, state: State, prefix: str = "/fhir") -> None:
+        self.state = state
+        self.prefix = prefix
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        try:
+            out = await self.handle(scope, receive)
+        except ClientGone:
+            return
+        except Exception as exc:  # noqa: BLE001 - the boundary: every error becomes an OperationOutcome
+            out = boundary.error_response(exc)
+        await send({"type": "http.response.start", "status": out.status, "headers": out.headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else out.body})
+
+    async def handle(self, scope: dict[str, Any], receive: Any) -> Outgoing:
+        settings, repo = self.state.settings, self.state.repo
+        inc = incoming(scope, self.prefix, settings)
+        match = route(inc.method, inc.segments)
+        media = response_type(inc.param("_format"), inc.headers.get("accept"))
+        body, params = b"", None
+        kind = match.route.bodies.get(inc.method)
+        if kind is not None:
+            checked = check_body_type(inc.headers.get("content-type"), _BODY_TYPES.get(kind, _RESOURCE_TYPES))
+            body = await read_body(receive, inc.headers, settings.max_body_bytes)
+            if checked == FORM_TYPE:
+                params, body = inc.params + form_params(body), b""
+        req = fhir_request(inc, match, body, params)
+        ctx = context(inc, repo, settings)
+        if match.interaction == "bundle":
+            # Prefer: return applies to the entries (bundle.process), not to the response Bundle
+            res = await bundle.process(req, ctx)
+        else:
+            res = await perform(req, ctx)
+        return render(inc, req, res, media)

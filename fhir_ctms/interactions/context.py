@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from functools import lru_cache
+from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from typing import Any
 
@@ -34,6 +35,8 @@ class FhirRequest:
     interaction: str = ""
     #: a resource already parsed (a Bundle entry's); used instead of ``body``
     resource: dict[str, Any] | None = None
+    #: ``resource`` has passed the interaction's checks and validation already (its ``prepare``)
+    prepared: bool = False
 
     def param(self, name: str) -> str | None:
         for key, value in self.params:
@@ -81,14 +84,24 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@lru_cache(maxsize=64)  # a change stamps the resource and its two audit records with one time
 def instant(ts_us: int) -> str:
     """FHIR instant (UTC, microseconds) of a stored timestamp."""
-    dt = datetime.fromtimestamp(ts_us / 1_000_000, tz=timezone.utc)
+    dt = _EPOCH + timedelta(microseconds=ts_us)
     return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def http_date(ts_us: int) -> str:
-    return format_datetime(datetime.fromtimestamp(ts_us // 1_000_000, tz=timezone.utc), usegmt=True)
+    """RFC 9110 IMF-fixdate (``Last-Modified``) of a stored timestamp."""
+    return _http_date(ts_us // 1_000_000)
+
+
+@lru_cache(maxsize=4096)  # format_datetime costs ~10 us; reads see the same seconds again and again
+def _http_date(seconds: int) -> str:
+    return format_datetime(_EPOCH + timedelta(seconds=seconds), usegmt=True)
 
 
 def etag(version: int) -> str:

@@ -7,6 +7,8 @@ matches fail with 412.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..resources.validate import validate_resource
 from ..storage.repository import Session
 from .common import body_resource, forbid_audit_write, match_conditional, require_type, single_match
@@ -14,12 +16,21 @@ from .context import Context, FhirRequest, FhirResponse
 from .persist import new_id, write
 
 
-async def create(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
+def prepare(req: FhirRequest) -> FhirRequest:
+    """Everything create checks without the database: type, body and validation."""
     rtype = require_type(req.type)
     forbid_audit_write(rtype, "create")  # only the server writes audit records
     resource = body_resource(req, rtype)
     resource.pop("id", None)
     validate_resource(resource)
+    return replace(req, resource=resource, prepared=True)
+
+
+async def create(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
+    if not req.prepared:
+        req = prepare(req)
+    rtype, resource = req.type, req.resource
+    assert rtype is not None and resource is not None
     criteria = req.header("if-none-exist")
     if criteria:
         existing = single_match(await match_conditional(s, rtype, criteria, what="If-None-Exist"),

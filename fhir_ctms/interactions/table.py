@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ..storage.repository import Session
 from .context import Context, FhirRequest, FhirResponse
 from .capabilities import capabilities
+from . import create as create_, update as update_
 from .create import create
 from .delete import delete
 from .history import history
@@ -31,17 +32,20 @@ class Interaction:
     level: str  # "instance" | "type" | "system" | "server" (capabilities: not listed as an interaction)
     handler: Handler
     writes: bool
+    #: checks that need no database (parsing, validation), run before a session opens, so
+    #: that a write session (which holds the writer lock) spends its time on the database
+    prepare: Callable[[FhirRequest], FhirRequest] | None = None
 
 
 INTERACTIONS: dict[str, Interaction] = {
     "read": Interaction("read", "instance", read, False),
     "vread": Interaction("vread", "instance", vread, False),
-    "update": Interaction("update", "instance", update, True),
+    "update": Interaction("update", "instance", update, True, update_.prepare),
     "patch": Interaction("patch", "instance", patch, True),
     "delete": Interaction("delete", "instance", delete, True),
     "history-instance": Interaction("history-instance", "instance", history, False),
     "history-type": Interaction("history-type", "type", history, False),
-    "create": Interaction("create", "type", create, True),
+    "create": Interaction("create", "type", create, True, create_.prepare),
     "search-type": Interaction("search-type", "type", search, False),
     "history-system": Interaction("history-system", "system", history, False),
     "capabilities": Interaction("capabilities", "server", capabilities, False),
@@ -53,5 +57,7 @@ async def perform(req: FhirRequest, ctx: Context, s: Session | None = None) -> F
     spec = INTERACTIONS[req.interaction]
     if s is not None:
         return await spec.handler(req, ctx, s)
+    if spec.prepare is not None:
+        req = spec.prepare(req)
     async with ctx.repo.session(write=spec.writes) as own:
         return await spec.handler(req, ctx, own)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ..errors import BadRequest, Conflict
@@ -43,30 +44,31 @@ def _same_content(a: dict[str, Any], stored: Stored) -> bool:
     return strip(a) == strip(b)
 
 
-async def update(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
+def prepare(req: FhirRequest) -> FhirRequest:
+    """An update by id, checked without the database: type, body, id and validation.
+    (A conditional update learns its id from the database, so it validates there.)"""
+    if req.id is None:
+        return req
     rtype = require_type(req.type)
     forbid_audit_write(rtype, "update")
     resource = body_resource(req, rtype)
-    body_id = resource.get("id")
-    if req.id is not None:
-        rid = require_id(req.id)
-        if body_id != rid:
-            raise BadRequest(f"The resource id {body_id!r} does not match the URL's id {rid!r}")
-    else:
-        match = single_match(await match_conditional(s, rtype, req.query, what="Conditional update"),
-                             "Conditional update")
-        if match is not None:
-            if body_id is not None and body_id != match.id:
-                raise BadRequest(f"The resource id {body_id!r} is not the id of the matching resource")
-            rid = match.id
-        else:
-            rid = body_id if isinstance(body_id, str) else new_id()
-            existing = await s.current(rtype, require_id(rid))
-            if existing is not None and not existing.deleted:
-                # no match, but the body names a resource that exists (http.html#cond-update)
-                raise Conflict(f"No resource matches the criteria, and {rtype}/{rid} exists")
-        resource["id"] = rid
+    rid = require_id(req.id)
+    if resource.get("id") != rid:
+        raise BadRequest(f"The resource id {resource.get('id')!r} does not match the URL's id {rid!r}")
     validate_resource(resource)
+    return replace(req, resource=resource, prepared=True)
+
+
+async def update(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
+    if req.id is not None:
+        if not req.prepared:
+            req = prepare(req)
+        rtype, resource, rid = req.type, req.resource, req.id
+        assert rtype is not None and resource is not None
+    else:
+        rtype, resource = await _conditional_target(req, s)
+        rid = resource["id"]
+        validate_resource(resource)
     current = await s.current(rtype, rid)
     check_preconditions(req, current)
     if current is not None and _same_content(resource, current):
@@ -74,3 +76,25 @@ async def update(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
     stored = await write(s, ctx, rtype, rid, resource, "update", current)
     created = current is None or current.deleted  # update as create, or a resurrection
     return FhirResponse(201 if created else 200, raw=stored.content, stored=stored)
+
+
+async def _conditional_target(req: FhirRequest, s: Session) -> tuple[str, dict[str, Any]]:
+    """The type and the resource (with its id set) of a conditional update (#cond-update)."""
+    rtype = require_type(req.type)
+    forbid_audit_write(rtype, "update")
+    resource = body_resource(req, rtype)
+    body_id = resource.get("id")
+    match = single_match(await match_conditional(s, rtype, req.query, what="Conditional update"),
+                         "Conditional update")
+    if match is not None:
+        if body_id is not None and body_id != match.id:
+            raise BadRequest(f"The resource id {body_id!r} is not the id of the matching resource")
+        rid = match.id
+    else:
+        rid = body_id if isinstance(body_id, str) else new_id()
+        existing = await s.current(rtype, require_id(rid))
+        if existing is not None and not existing.deleted:
+            # no match, but the body names a resource that exists (http.html#cond-update)
+            raise Conflict(f"No resource matches the criteria, and {rtype}/{rid} exists")
+    resource["id"] = rid
+    return rtype, resource

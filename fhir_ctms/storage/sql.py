@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -30,7 +29,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..errors import Conflict, ServiceUnavailable
+from .sqlite_inline import InlineConnection, InlineRead, InlineWriter, transient
 from .repository import GENESIS, ChainLink, HistoryQuery, Repository, Session, Stored, Token, VersionConflict
+
 
 
 
@@ -113,60 +114,8 @@ class _Driver:
             await self.raw.executemany(sql, rows)
 
 
-class _SqliteInline:
-    """SQLite on the calling thread, through the synchronous sqlite3 module.
-
-    SQLite is a library, not a server: a primary-key read costs about 6 us in sqlite3, a
-    create's whole transaction about 100 us, and one aiosqlite round trip (a hop to its
-    thread and back) 100 to 400 us, measured on this machine; a create made nine of them.
-    So sessions on a SQLite file run their statements inline, on the event loop's thread:
-
-    - reads: one read-only connection per thread; in WAL mode a reader never waits for a
-      writer, so only the query itself runs inline;
-    - writes: one connection, used by one write session at a time (the repository's
-      asyncio lock). Only ``BEGIN IMMEDIATE`` can wait for another process's writer; it is
-      tried without waiting and retried with ``asyncio.sleep`` (see ``SqlRepository``), so
-      the loop never blocks on a lock. Once it is held, a WAL writer waits for nothing.
-    """
-
-    pg = False
-
-    def __init__(self, path: str, *, write: bool) -> None:
-        self.path = path
-        self.write = write
-        self.local = threading.local()
-
-    def conn(self) -> sqlite3.Connection:
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            if self.write:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")  # as the engine's connections (above)
-                conn.execute("PRAGMA busy_timeout=0")  # waits happen in asyncio.sleep, never here
-            else:
-                conn.execute("PRAGMA busy_timeout=5000")
-                conn.execute("PRAGMA query_only=1")
-            self.local.conn = conn
-        return conn
-
-    async def fetch(self, sql: str, *params: Any) -> list[Any]:
-        return self.conn().execute(sql, params).fetchall()
-
-    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        if not self.write:
-            raise RuntimeError("a read session does not write")
-        self.conn().executemany(sql, rows)
-
-    def close(self) -> None:
-        conn = getattr(self.local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self.local.conn = None
-
-
 class SqlSession(Session):
-    def __init__(self, conn: AsyncConnection | None, driver: _Driver | _SqliteInline, partition: str) -> None:
+    def __init__(self, conn: AsyncConnection | None, driver: _Driver | InlineConnection, partition: str) -> None:
         self.conn = conn
         self.db = driver
         self.partition = partition
@@ -175,6 +124,7 @@ class SqlSession(Session):
         # Inserts wait here and go to the database in one executemany per table: at the end of
         # the session, or before any read (so a session always reads its own writes).
         self._pending: dict[str, list[tuple[Any, ...]]] = {}
+        self.rows_written = 0
 
     def _queue(self, sql: str, row: tuple[Any, ...]) -> None:
         self._pending.setdefault(sql, []).append(row)
@@ -182,6 +132,7 @@ class SqlSession(Session):
     async def flush(self) -> None:
         pending, self._pending = self._pending, {}
         for sql, rows in pending.items():
+            self.rows_written += len(rows)
             try:
                 await self.db.executemany(sql, rows)
             except Exception as exc:  # the driver's own IntegrityError class
@@ -310,90 +261,61 @@ class SqlSession(Session):
         return [ChainLink(*row) for row in rows]
 
 
-def _transient(exc: Exception) -> bool:
-    text_ = str(getattr(exc, "orig", None) or exc).lower()
-    return any(s in text_ for s in ("database is locked", "deadlock detected", "could not serialize",
-                                    "busy"))
+_transient = transient
+
+
+def _busy(exc: BaseException) -> ServiceUnavailable:
+    return ServiceUnavailable("The database is busy; retry the request", headers={"Retry-After": "1"})
 
 
 class SqlRepository(Repository):
-    #: how long a SQLite write session waits for another process's writer before 503
-    sqlite_lock_wait = 30.0
-
     def __init__(self, engine: AsyncEngine, partition: str = "default") -> None:
         self.engine = engine
         self.partition = partition
         db = engine.url.database
         file_sqlite = engine.dialect.name == "sqlite" and db not in (None, "", ":memory:") and "mode=memory" not in db
-        self._reader = _SqliteInline(db, write=False) if file_sqlite else None
-        self._writer = _SqliteInline(db, write=True) if file_sqlite else None
-        # SQLite: writers of this process queue here, and one at a time use the writer connection
-        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        # SQLite files: sessions run inline (sqlite_inline.py); an in-memory SQLite database
+        # (one connection's private copy) and PostgreSQL go through the engine
+        self._reader = InlineConnection(db, write=False) if file_sqlite else None
+        self._writer = InlineWriter(db) if file_sqlite else None
+        # in-memory SQLite through the engine: writers of this process queue here
+        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" and not file_sqlite else None
 
     @classmethod
     def from_url(cls, url: str, partition: str = "default", **kwargs: Any) -> "SqlRepository":
         return cls(make_engine(url, **kwargs), partition)
 
-    @asynccontextmanager
-    async def session(self, *, write: bool) -> AsyncIterator[Session]:
-        if write and self._write_lock is not None:
-            async with self._write_lock:
-                inner = self._inline_write() if self._writer is not None else self._session(write=True)
-                async with inner as session:
-                    yield session
-            return
-        async with self._session(write=write) as session:
-            yield session
-
-    async def _begin_immediate(self, conn: sqlite3.Connection) -> None:
-        """Take SQLite's write lock without blocking the loop: try, and sleep between tries."""
-        deadline = asyncio.get_running_loop().time() + self.sqlite_lock_wait
-        delay = 0.001
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if not _transient(exc) or asyncio.get_running_loop().time() > deadline:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+    def session(self, *, write: bool) -> AbstractAsyncContextManager[Session]:
+        if self._reader is not None and not write:
+            return InlineRead(SqlSession(None, self._reader, self.partition), _busy)
+        if self._writer is not None:
+            return self._inline_write()
+        return self._any_session(write)
 
     @asynccontextmanager
     async def _inline_write(self) -> AsyncIterator[Session]:
         assert self._writer is not None
         try:
-            conn = self._writer.conn()
-            await self._begin_immediate(conn)
-            try:
-                session = SqlSession(None, self._writer, self.partition)
+            async with self._writer.session(lambda conn: SqlSession(None, conn, self.partition)) as session:
                 yield session
-                try:
-                    await session.flush()
-                except VersionConflict as exc:  # a key written twice: refuse, roll back
-                    raise Conflict(str(exc)) from exc
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        except VersionConflict as exc:  # a key written twice: refuse (the session rolled back)
+            raise Conflict(str(exc)) from exc
         except sqlite3.OperationalError as exc:
             if _transient(exc):
-                raise ServiceUnavailable("The database is busy; retry the request",
-                                         headers={"Retry-After": "1"}) from exc
+                raise _busy(exc) from exc
             raise
 
     @asynccontextmanager
-    async def _session(self, *, write: bool) -> AsyncIterator[Session]:
-        if not write and self._reader is not None:
-            try:
-                yield SqlSession(None, self._reader, self.partition)
-            except sqlite3.OperationalError as exc:
-                if _transient(exc):
-                    raise ServiceUnavailable("The database is busy; retry the request",
-                                             headers={"Retry-After": "1"}) from exc
-                raise
+    async def _any_session(self, write: bool) -> AsyncIterator[Session]:
+        if write and self._write_lock is not None:
+            async with self._write_lock, self._session(write=True) as session:
+                yield session
             return
+        async with self._session(write=write) as session:
+            yield session
+
+    @asynccontextmanager
+    async def _session(self, *, write: bool) -> AsyncIterator[Session]:
         try:
             async with self.engine.connect() as conn:
                 pg = conn.dialect.name == "postgresql"
@@ -417,8 +339,7 @@ class SqlRepository(Repository):
                         raise Conflict(str(exc)) from exc
         except (OperationalError, DBAPIError, sqlite3.OperationalError, asyncpg.PostgresError) as exc:
             if _transient(exc):
-                raise ServiceUnavailable("The database is busy; retry the request",
-                                         headers={"Retry-After": "1"}) from exc
+                raise _busy(exc) from exc
             raise
 
     async def close(self) -> None:

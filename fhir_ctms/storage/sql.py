@@ -333,10 +333,9 @@ class SqlRepository(Repository):
                     session = SqlSession(conn, _Driver(raw.driver_connection, pg), self.partition)
                     await session.writer_lock()
                     yield session
-                    try:
-                        await session.flush()
-                    except VersionConflict as exc:  # a key written twice: refuse, roll back
-                        raise Conflict(str(exc)) from exc
+                    await session.flush()
+        except VersionConflict as exc:  # a key written twice (found at any flush): refuse, roll back
+            raise Conflict(str(exc)) from exc
         except (OperationalError, DBAPIError, sqlite3.OperationalError, asyncpg.PostgresError) as exc:
             if _transient(exc):
                 raise _busy(exc) from exc

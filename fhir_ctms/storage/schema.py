@@ -2,7 +2,8 @@
 
 - ``resources``: the current version of each resource (one row per id, deleted ones kept as tombstones);
 - ``resource_versions``: every version ever written, append-only, ``seq`` orders them in time;
-- ``token_index``: identifier tokens of current versions, for conditional interactions;
+- ``search_*``: the search index of current versions, one table per parameter type
+  (string, token, reference, date, number, quantity, uri), rows from ``search.extract``;
 - ``audit_chain``: the hash chain over audit records (Provenance, AuditEvent), in ``seq`` order.
 
 Resource JSON is stored as text on SQLite and JSONB on PostgreSQL; the engine's
@@ -11,8 +12,10 @@ JSON (de)serialisers are the identity, so the application always sees JSON text.
 
 from __future__ import annotations
 
-from sqlalchemy import (JSON, BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text,
-                        UniqueConstraint)
+from typing import Any
+
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, PrimaryKeyConstraint,
+                        String, Table, Text, UniqueConstraint)
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
@@ -49,17 +52,39 @@ resource_versions = Table(
     Index("ix_resource_versions_instance_seq", "partition", "res_type", "res_id", "seq"),
 )
 
-token_index = Table(
-    "token_index", metadata,
-    Column("partition", String(64), nullable=False),
-    Column("res_type", String(64), nullable=False),
-    Column("res_id", String(64), nullable=False),
-    Column("param", String(64), nullable=False),
-    Column("system", Text, nullable=False),
-    Column("code", Text, nullable=False),
-    Index("ix_token_index_lookup", "partition", "res_type", "param", "code", "system"),
-    Index("ix_token_index_resource", "partition", "res_type", "res_id"),
-)
+#: byte-order comparison on PostgreSQL whatever the database's locale (prefix searches are ranges)
+SearchText = Text().with_variant(Text(collation="C"), "postgresql")
+
+
+def _search_table(name: str, values: dict[str, Any], lookup: tuple[str, ...]) -> Table:
+    """One search index table (migration 0003): the resource and parameter, the value columns;
+    the key starts with the resource, one lookup index serves searches."""
+    return Table(
+        name, metadata,
+        Column("partition", String(64), nullable=False),
+        Column("res_type", String(64), nullable=False),
+        Column("res_id", String(64), nullable=False),
+        Column("param", String(64), nullable=False),
+        *(Column(col, kind, nullable=False) for col, kind in values.items()),
+        PrimaryKeyConstraint("partition", "res_type", "res_id", "param", *values, name=f"pk_{name}"),
+        Index(f"ix_{name}_lookup", "partition", *lookup, "res_id"),
+        sqlite_with_rowid=False,
+    )
+
+
+search_string = _search_table("search_string", {"normalised": SearchText, "exact": SearchText},
+                              ("res_type", "param", "normalised"))
+search_token = _search_table("search_token", {"system": SearchText, "code": SearchText, "text": SearchText},
+                             ("res_type", "param", "code", "system"))
+search_reference = _search_table("search_reference",
+                                 {"target_type": String(64), "target_id": SearchText, "version": SearchText},
+                                 ("target_type", "target_id", "param", "res_type"))
+search_date = _search_table("search_date", {"low": BigInteger, "high": BigInteger},
+                            ("res_type", "param", "low", "high"))
+search_number = _search_table("search_number", {"low": Float, "high": Float}, ("res_type", "param", "low", "high"))
+search_quantity = _search_table("search_quantity", {"system": SearchText, "code": SearchText, "low": Float, "high": Float},
+                                ("res_type", "param", "code", "low"))
+search_uri = _search_table("search_uri", {"uri": SearchText}, ("res_type", "param", "uri"))
 
 audit_chain = Table(
     "audit_chain", metadata,

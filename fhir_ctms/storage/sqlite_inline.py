@@ -210,7 +210,9 @@ class InlineWriter:
             self.queued -= 1
         try:
             self._commit(conn)  # sessions that joined since the last COMMIT
-            await asyncio.to_thread(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+            # fetched in the thread: an unread result row would keep the statement open, and
+            # the next SAVEPOINT would fail with "SQL statements in progress"
+            await asyncio.to_thread(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
         except sqlite3.Error:  # the next one tries again; nothing is lost meanwhile
             log.warning("WAL checkpoint failed", exc_info=True)
         finally:

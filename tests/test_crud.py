@@ -110,3 +110,20 @@ async def test_every_r5_type_can_be_created(client):
     assert r.status_code == 201
     path = path_of(r.headers["location"])
     assert (await client.get(f"/{path}")).status_code == 200
+
+
+async def test_decimals_keep_their_precision(client):
+    """R5 json.html: a decimal's precision is significant (1.50 is not 1.5)."""
+    body = (b'{"resourceType":"Observation","status":"final","code":{"text":"x"},'
+            b'"valueQuantity":{"value":1.50,"unit":"mg"},"component":[{"code":{"text":"y"},'
+            b'"valueQuantity":{"value":100.000}},{"code":{"text":"z"},"valueQuantity":{"value":0.0100}}]}')
+    created = await client.post("/Observation", content=body, headers={"content-type": "application/fhir+json"})
+    assert created.status_code == 201, created.text
+    rid = created.json()["id"]
+    for path, params in ((f"/Observation/{rid}", {}), (f"/Observation/{rid}", {"_pretty": "true"}),
+                         (f"/Observation/{rid}/_history/1", {}), ("/Observation", {"_id": rid})):
+        text = (await client.get(path, params=params)).text
+        assert "1.50" in text and "100.000" in text and "0.0100" in text, (path, params, text)
+    patched = await client.patch(f"/Observation/{rid}", headers={"content-type": "application/json-patch+json"},
+                                 content=b'[{"op":"replace","path":"/valueQuantity/value","value":7.250}]')
+    assert patched.status_code == 200 and "7.250" in patched.text

@@ -15,7 +15,6 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 
 from ..audit.records import Actor
 from ..config import Settings
@@ -23,7 +22,7 @@ from ..errors import BadRequest, PayloadTooLarge
 from ..interactions.context import Context, FhirRequest, FhirResponse, etag, http_date
 from ..interactions.router import Match
 from ..interactions.table import INTERACTIONS
-from ..resources.json import dumps, dumps_pretty
+from ..resources.json import dumps, dumps_pretty, loads
 from ..storage.repository import Repository
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -122,7 +121,7 @@ def fhir_request(inc: Incoming, match: Match, body: bytes = b"",
                  params: tuple[tuple[str, str], ...] | None = None) -> FhirRequest:
     headers = {h: v for h in _HEADERS if (v := inc.headers.get(h)) is not None}
     return FhirRequest(method="GET" if inc.method == "HEAD" else inc.method, type=match.type, id=match.id,
-                       vid=match.vid, params=inc.params if params is None else params, query=inc.query,
+                       vid=match.vid, compartment=match.compartment, params=inc.params if params is None else params, query=inc.query,
                        headers=headers, body=body, interaction=match.interaction)
 
 
@@ -144,7 +143,7 @@ def outgoing(status: int, headers: dict[str, str], body: bytes | None, media: st
 
 def _serialise(value: object, pretty: bool) -> bytes:
     if pretty:
-        return dumps_pretty(orjson.loads(dumps(value)))
+        return dumps_pretty(loads(dumps(value)))
     return dumps(value)
 
 
@@ -180,7 +179,7 @@ def render(inc: Incoming, req: FhirRequest, res: FhirResponse, media: str) -> Ou
 
 def _body(res: FhirResponse, pretty: bool) -> bytes | None:
     if res.raw is not None:
-        return dumps_pretty(orjson.loads(res.raw)) if pretty else res.raw.encode()
+        return dumps_pretty(loads(res.raw)) if pretty else res.raw.encode()
     if res.body is not None:
         return _serialise(res.body, pretty)
     return None

@@ -1,7 +1,16 @@
-"""FHIR JSON in and out: orjson, with the checks the spec asks of a JSON body."""
+"""FHIR JSON in and out: orjson, with the checks the spec asks of a JSON body.
+
+Decimals keep their precision (R5 json.html: a decimal's precision is significant, ``1.50`` is
+not ``1.5``): a body with anything that looks like a decimal number is parsed again with the
+standard library's parser into ``Decimal`` values, which are written back exactly as they were
+read. orjson alone would turn them into floats; it still parses (and validates) every body first.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -19,23 +28,37 @@ def loads(body: bytes | str) -> Any:
         raise BadRequest("JSON strings may not contain the NUL character (\\u0000)",
                          issues=[Issue("value", "JSON strings may not contain the NUL character")])
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except (orjson.JSONDecodeError, RecursionError) as exc:
         raise BadRequest("Malformed JSON: " + str(exc).split(":")[0],
                          issues=[Issue("structure", f"Malformed JSON: {exc}")]) from exc
+    if _DECIMAL.search(body if isinstance(body, bytes) else body.encode()) is None:
+        return value
+    return json.loads(body, parse_float=Decimal)  # valid JSON: orjson has just parsed it
+
+
+#: a digit followed by a decimal point or an exponent: perhaps a decimal number (or only text
+#: that looks like one, which costs a second parse and nothing else)
+_DECIMAL = re.compile(rb"[0-9][.eE]")
+
+
+def _exact(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value))
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
+    return orjson.dumps(value, default=_exact)
 
 
 def dumps_pretty(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2)
+    return orjson.dumps(value, default=_exact, option=orjson.OPT_INDENT_2)
 
 
 def canonical(value: Any) -> bytes:
     """Sorted-key serialisation: the same bytes whatever database stored the value."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(value, default=_exact, option=orjson.OPT_SORT_KEYS)
 
 
 def parse_resource(body: bytes | str, expected_type: str | None = None) -> dict[str, Any]:

@@ -7,14 +7,18 @@ import importlib.util
 import io
 import json
 import logging
+import random
 import tarfile
+from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from fhir_ctms.errors import BadRequest
 from fhir_ctms.resources.dates import date_range
+from fhir_ctms.search import extract as extract_module
 from fhir_ctms.search import fhirpath
 from fhir_ctms.search.extract import (
     MAX_US,
@@ -444,3 +448,254 @@ def test_extraction_script_on_a_small_package(tmp_path, capsys):
     assert json.loads(comp.read_text())["compartments"]["Patient"]["resources"] == {
         "Observation": ["subject"]}
     assert "search parameters: 2" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- compiled extraction
+#
+# ``extract`` runs a plan compiled per resource type; ``extract_param`` and
+# ``extract(fast=False)`` keep the interpreted paths (walk, fhirpathpy) it must agree with.
+
+
+def interpreted(resource: dict) -> list:
+    """``extract`` parameter by parameter through ``extract_param`` (walk, else fhirpathpy)."""
+    return extract_module._extract_interpreted(resource, resource["resourceType"], fast=True)
+
+
+def all_example_resources() -> list[dict]:
+    docs = [json.loads(p.read_text(encoding="utf-8")) for p in EXAMPLES] + [copy.deepcopy(ACME)]
+    return [r for doc in docs for r in resources_of(doc)]
+
+
+def test_compiled_extract_agrees_with_fhirpathpy_on_every_example():
+    for resource in all_example_resources():
+        slow = Counter(extract(resource, fast=False))  # every expression through fhirpathpy
+        assert Counter(extract(resource)) == slow, resource["resourceType"]
+        assert Counter(extract(resource)) == slow  # again: from the kept (memo) rows
+        assert Counter(interpreted(resource)) == slow
+
+
+_ODD = [
+    None, "", "x", "Ünïcode Ñame", "Patient/1", "Group/g1/_history/2", "#c1", "#c2", "#c3",
+    "urn:uuid:0b1c", "https://h.example/fhir/Patient/2", "http://x/StructureDefinition/y|1.0",
+    "not a / reference", "2024", "2024-02", "2024-02-30", "2024-01-01T10:00:00+01:00",
+    "2024-01-01T10:00:00.123Z", "2024-01-01T24:00:00Z", "9999-12-31", "1e5", "NaN", "1.50",
+    0, 1, 40, -0.0, 0.0, 6.3, 6.30, 1e308, True, False, [], {}, [None], ["a", 1, None],
+    {"reference": "#c1"}, {"reference": "#c2"}, {"reference": "Patient/9", "type": "Group"},
+    {"reference": "Patient/9", "type": ["x"]}, {"identifier": {"system": "s", "value": "v"}},
+    {"type": "Patient", "identifier": {"value": "v"}}, {"reference": 7},
+    {"coding": [{"system": "s", "code": "c", "display": "Dé"}, {"display": ""}], "text": "T"},
+    {"coding": {"code": "c"}}, {"coding": [None, "c", {"code": 5}]}, {"text": ["t"]},
+    {"value": 1.5, "comparator": "<", "unit": "mg", "system": "u", "code": "mg"},
+    {"value": "2", "comparator": ">="}, {"low": {"value": 1, "unit": "a"}, "high": {"value": "2"}},
+    {"low": {}, "high": None}, {"start": "2024", "end": "2023-01-01T00:00:00Z"}, {"start": "x"},
+    {"event": ["2024-01-01", 5, "2023"]}, {"repeat": {"boundsPeriod": {"end": "2030"}}},
+    {"family": "Ñoño", "given": "G", "prefix": [None, "Dr"]}, {"line": "l", "city": ["C"]},
+    {"value": "555", "system": "phone"}, {"system": "email", "value": "a@b"},
+    {"currency": "EUR", "value": 3}, {"value": "x", "system": 3,
+                                      "type": {"coding": [{"code": "MR"}, {}], "text": "t"}},
+    {"concept": {"text": "c"}, "reference": {"reference": "Patient/1"}},
+    {"type": "NotAType", "identifier": {"value": "v"}}, {"reference": "abc-1", "type": "Group"},
+    {"value": "x", "type": {"coding": [{"code": ""}, {"system": "s", "code": "MR"}]}},
+    "urn:x", "a:b", "Patient/1|2", "http://x/fhir/Patient/1/_history/2", 12345678901234567890,
+    {"concept": "c", "reference": "Patient/1"}, {"concept": ["c"]}, {"reference": ""},
+    [{"concept": "c"}, {"concept": {"text": "t"}, "reference": {"reference": "#c1"}}, "Group/1"],
+]
+#: keys a resource of any type may get (choices, contained targets, odd ones)
+_EXTRA_KEYS = ["valueQuantity", "valueString", "valueCodeableConcept", "valueBoolean",
+               "valueDateTime", "valuePeriod", "valueRange", "effectivePeriod",
+               "effectiveDateTime", "effectiveTiming", "deceasedBoolean", "deceasedDateTime",
+               "_deceasedBoolean", "subject", "patient", "status", "code", "identifier", "name",
+               "telecom", "address", "period", "date", "url", "version", "meta", "component",
+               "occurrenceTiming", "extension", "notAnElement"]
+_CONTAINED = [{"resourceType": "Practitioner", "id": "c1"}, {"resourceType": ["X"], "id": "c2"},
+              {"resourceType": "Patient", "id": ["c3"]}]
+
+
+def _mutate(rnd: random.Random, resource: dict) -> None:
+    """One random change somewhere in the resource (never its resourceType)."""
+    kind = rnd.randrange(6)
+    if kind == 0:
+        resource[rnd.choice(_EXTRA_KEYS)] = copy.deepcopy(rnd.choice(_ODD))
+        return
+    if kind == 1:
+        resource["contained"] = copy.deepcopy(rnd.sample(_CONTAINED, rnd.randrange(1, 4)))
+        return
+    # a random container inside the resource
+    node: dict | list = resource
+    for _ in range(rnd.randrange(1, 5)):
+        keys = [k for k in (node if isinstance(node, dict) else range(len(node)))
+                if k != "resourceType" and isinstance(node[k], (dict, list)) and node[k]]
+        if not keys:
+            break
+        node = node[rnd.choice(keys)]
+    keys = [k for k in (node if isinstance(node, dict) else range(len(node)))
+            if k != "resourceType"]
+    if not keys:
+        return
+    k = rnd.choice(keys)
+    if kind == 2:
+        node[k] = copy.deepcopy(rnd.choice(_ODD))
+    elif kind == 3 and isinstance(node, dict):
+        del node[k]
+    elif kind == 4:
+        node[k] = [node[k], None] if not isinstance(node[k], list) else (node[k][:1] or None)
+    elif isinstance(node, list):
+        node.append(copy.deepcopy(node[k]))  # a duplicate
+    else:
+        node[k] = copy.deepcopy(rnd.choice(_ODD))
+
+
+def test_compiled_extract_agrees_on_randomly_mutated_examples():
+    rnd = random.Random(20261123)
+    examples = all_example_resources()
+    checked = 0
+    for resource in examples:
+        for _ in range(30):
+            mutant = copy.deepcopy(resource)
+            for _ in range(rnd.randrange(1, 6)):
+                _mutate(rnd, mutant)
+            fast = extract(mutant)
+            assert Counter(fast) == Counter(interpreted(mutant)), (mutant["resourceType"], mutant)
+            assert Counter(extract(mutant)) == Counter(fast)  # again (memo rows)
+            checked += 1
+    assert checked == 30 * len(examples)
+
+
+def test_compiled_extract_agrees_on_odd_top_level_values():
+    """Every element a parameter of the type reads (and a few more) set to every odd value."""
+    bases = [example(name) for name in ("Observation-f001.json", "Patient-example.json",
+                                         "Encounter-f001.json", "Appointment-example.json")]
+    bases += [acme("acme-101")]
+    checked = 0
+    for base in bases:
+        plan = extract_module._compiled_plan(base["resourceType"])
+        for key in dict.fromkeys([*base, *plan.by_key, *_EXTRA_KEYS]):
+            if key == "resourceType" or not (key in base or plan.by_key.get(key)):
+                continue  # an unknown key nothing reads (then nothing changes)
+            for value in _ODD:
+                mutant = {**base, key: value}  # extraction does not change its input
+                assert Counter(extract(mutant)) == Counter(interpreted(mutant)), (key, value)
+                checked += 1
+            with_contained = {**base, key: {"reference": "#c2"}, "contained": _CONTAINED}
+            assert Counter(extract(with_contained)) == Counter(interpreted(with_contained)), key
+    assert checked > 4000
+
+
+def test_compiled_extract_agrees_for_every_parameter_and_element_type(custom):
+    """A parameter of each type on elements of every type (value[x], a CodeableReference)."""
+    for ptype in ("token", "string", "reference", "date", "number", "quantity", "uri"):
+        register({"resourceType": "SearchParameter", "url": f"http://example.org/sp/x-{ptype}",
+                  "code": f"x-{ptype}", "base": ["Observation", "Procedure"], "type": ptype,
+                  "expression": "Observation.value | Observation.component.value | "
+                                "Procedure.reason | Procedure.reason.reference"})
+    choices = [f"value{c[:1].upper()}{c[1:]}"
+               for c in fhirpath.model().choices["Observation.value"]]
+    bases = [{"resourceType": "Observation", "status": "final", "contained": _CONTAINED},
+             {"resourceType": "Procedure", "status": "done"}]
+    checked = 0
+    for base in bases:
+        keys = choices + ["component"] if base["resourceType"] == "Observation" else ["reason"]
+        for key in keys:
+            for value in _ODD:
+                mutant = {**base, key: [{"code": {"text": "c"}, "valueString": "v"}, {
+                    k: value for k in choices}] if key == "component" else value}
+                assert Counter(extract(mutant)) == Counter(interpreted(mutant)), (key, value)
+                checked += 1
+    assert checked > 1000
+
+
+def test_odd_contained_targets_fail_only_their_parameter():
+    base = {"resourceType": "Encounter", "id": "e1", "status": "planned",
+            "contained": [{"resourceType": ["X"], "id": "c2"}, {"resourceType": "Practitioner",
+                                                                "id": "pr1"}]}
+    odd = {**base, "subject": {"reference": "#c2"},
+           "participant": [{"actor": {"reference": "#pr1"}}]}
+    got = extract(odd)
+    assert Counter(got) == Counter(interpreted(odd))
+    assert not [r for r in got if r.param == "subject"]  # an unhashable target type: skipped
+    assert ReferenceValue("practitioner", "Practitioner", None, None, "#pr1") in got
+    assert TokenValue("status", None, "planned") in got
+
+
+@pytest.mark.parametrize("extra", [
+    {}, {"deceasedBoolean": True}, {"deceasedBoolean": False}, {"deceasedDateTime": "2020"},
+    {"deceasedBoolean": "false"}, {"deceasedBoolean": None}, {"deceasedBoolean": [True]},
+    {"_deceasedBoolean": {"extension": []}}, {"deceasedBoolean": False, "deceasedDateTime": "2"},
+    {"deceased": True}, {"deceasedBoolean": 0}, {"deceasedBoolean": 0.0}])
+def test_fhirpathpy_parameters_are_kept_by_the_values_they_read(extra):
+    deceased = param("Patient", "deceased")
+    patient = {"resourceType": "Patient", "id": "p", "gender": "male", **extra}
+    expected = extract_param(patient, deceased, fast=False)
+    for _ in range(2):  # computed, then kept
+        assert rows(patient, "deceased") == expected, extra
+
+
+def test_first_of_a_union_agrees_with_fhirpathpy():
+    """``Appointment.date`` = ``(start | requestedPeriod.start).first()``: evaluated on plain
+    values without fhirpathpy, on others with it."""
+    date = param("Appointment", "date")
+    starts = ["2013-12-10T09:00:00Z", "", "x", None, 5, True, ["2014", "2015"], [["2014"]],
+              {"x": 1}, {"resourceType": "Patient"}]
+    periods = [None, [], {}, [{}], [{"start": "2012"}, {"start": "2011"}], [{"start": ""}],
+               [None, {"start": "2012"}], [[{"start": "2012"}]], {"start": "2012"},
+               [{"start": ["2012"]}], [{"_start": {"id": "x"}}, {"start": "2012"}],
+               [{"resourceType": "Patient", "start": "2012"}], "2012", [{"start": 5}]]
+    for start in starts:
+        for period in periods:
+            for extension in (None, {"id": "x"}):
+                appointment = {"resourceType": "Appointment", "status": "booked"}
+                for key, value in (("start", start), ("requestedPeriod", period),
+                                   ("_start", extension)):
+                    if value is not None:
+                        appointment[key] = value
+                expected = extract_param(appointment, date, fast=False)
+                assert rows(appointment, "date") == expected, appointment
+
+
+def _date_or_none(text: str):
+    try:
+        return date_range(text)
+    except BadRequest:
+        return None
+
+
+def test_fast_date_ranges_match_date_range():
+    rnd = random.Random(7)
+
+    def two(*fixed: str) -> str:
+        return rnd.choice([*fixed, f"{rnd.randrange(100):02d}"])
+
+    fixed = ["2024", "2024-02", "2024-02-29", "2023-02-29", "0000-01-01", "0001-01-01",
+             "9999-12-31", "9999-12-30", "9999-12-31T23:59:59Z", "9999-12-31T23:59:59.999999",
+             "9999-12-31T23:59:59.9999999-05:00", "0001-01-01T00:00:00+14:00",
+             "2026-11-23T03:20:00.123456Z", "2024-01-01T10:00", "2024-01-01T10:00Z",
+             "2024-01-01T10:00:00.1234567890Z", "2024-01-01T10:00:00.", " 2024-01-01",
+             "2024-01-01\n", "٢٠٢٤-01-01", "2024-01-01Z", "2024-01-01T10:00:00+24:00",
+             "2024-01-01T10:00:00-23:59", "2024-01-01T10:00:00+05:99", "2024-1-01", ""]
+    values = list(fixed)
+    for _ in range(20000):
+        year = rnd.choice(["0000", "0001", "1970", "2024", "9999", f"{rnd.randrange(10000):04d}"])
+        value = f"{year}-{two('01', '02', '12', '13', '00')}-{two('01', '28', '29', '31', '00')}"
+        if rnd.random() < 0.8:
+            value += f"T{two('00', '23', '24')}:{two('00', '59', '60')}"
+            if rnd.random() < 0.8:
+                value += f":{two('00', '59', '60')}"
+                if rnd.random() < 0.5:
+                    value += "." + "".join(rnd.choices("0123456789", k=rnd.randrange(11)))
+            value += rnd.choice(["", "Z", f"{rnd.choice('+-')}{two('00', '14', '23', '24')}:"
+                                           f"{two('00', '30', '59', '60')}", "+0100", "z"])
+        values.append(value)
+    for value in values:
+        assert extract_module._dates.__wrapped__(value) == _date_or_none(value), value
+
+
+def test_number_ranges_keep_json_types_apart():
+    for value, text in [(1, "1"), (1.0, "1.0"), ("1.0", "1.0"), (6.3, "6.3"), (6.30, "6.3"),
+                        (-0.0, "-0.0"), (0.0, "0.0"), ("1.50", "1.50"), (Decimal("2.0"), "2.0")]:
+        for _ in range(2):  # computed, then cached
+            d, low, high = extract_module._number_range(value)
+            assert str(d) == text and (low, high) == extract_module.precision_range(Decimal(text))
+            assert [str(x) for x in (low, high)] == [str(x) for x in
+                                                     extract_module.precision_range(Decimal(text))]
+    assert extract_module._number_range(True) is None
+    assert extract_module._number_range("NaN") is None

@@ -13,14 +13,23 @@ async def test_capability_statement_is_valid_r5_and_complete(client):
     assert check_required_bindings(body) == []
     assert body["fhirVersion"] == "5.0.0" and body["kind"] == "instance"
     rest = body["rest"][0]
-    assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
+    assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system", "search-system"}
+    assert "http://hl7.org/fhir/CompartmentDefinition/patient" in rest["compartment"]
     types = {res["type"]: res for res in rest["resource"]}
     assert set(types) == RESOURCE_TYPES
     patient = types["Patient"]
     assert {i["code"] for i in patient["interaction"]} == {
         "read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"}
-    assert {p["name"] for p in patient["searchParam"]} == {"_id", "identifier"}
-    assert {p["name"] for p in types["Binary"]["searchParam"]} == {"_id"}
+    patient_params = {p["name"]: p for p in patient["searchParam"]}
+    assert {"_id", "_lastUpdated", "identifier", "name", "birthdate", "gender", "general-practitioner"} <= set(
+        patient_params)
+    assert patient_params["birthdate"]["type"] == "date"
+    assert patient_params["birthdate"]["definition"] == "http://hl7.org/fhir/SearchParameter/individual-birthdate"
+    # composite and special parameters are not searched yet, so not advertised
+    observation = {p["name"]: p["type"] for p in types["Observation"]["searchParam"]}
+    assert "code-value-quantity" not in observation and observation["value-quantity"] == "quantity"
+    assert "_text" not in patient_params and "_content" not in patient_params
+    assert {p["name"] for p in types["Binary"]["searchParam"]} >= {"_id", "_lastUpdated"}
     assert "update" not in {i["code"] for i in types["AuditEvent"]["interaction"]}
     assert "delete" not in {i["code"] for i in types["Provenance"]["interaction"]}
 

@@ -24,10 +24,19 @@ async def test_conditional_create_with_several_matches_is_412(client):
     assert r.status_code == 412 and outcome_codes(r) == ["conflict"]
 
 
-async def test_conditional_create_with_unsupported_criteria_is_400_and_writes_nothing(client):
-    r = await client.post("/Patient", json=patient(), headers={"If-None-Exist": "name=smith"})
-    assert r.status_code == 400
+async def test_conditional_create_with_unknown_or_unsupported_criteria_is_400_and_writes_nothing(client):
+    for criteria in ("nonsense=smith", "_text=smith", "identifier:in=http://example.org/vs"):
+        r = await client.post("/Patient", json=patient(), headers={"If-None-Exist": criteria})
+        assert r.status_code == 400, (criteria, r.text)
     assert (await client.get("/_history")).json()["entry"] == []
+
+
+async def test_conditional_create_on_any_search_parameter(client):
+    body = {"resourceType": "Patient", "name": [{"family": "Smith"}], "birthDate": "1970-05-06"}
+    first = await client.post("/Patient", json=body)
+    again = await client.post("/Patient", json=body, headers={"If-None-Exist": "family=smith&birthdate=1970-05"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
 
 
 async def test_identifier_token_forms(client):

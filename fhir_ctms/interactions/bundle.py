@@ -19,6 +19,7 @@ import base64
 import logging
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
@@ -138,7 +139,7 @@ async def _resolve(entries: list[Entry], ctx: Context, s: Session) -> tuple[dict
                 existing = None
                 criteria = req.header("if-none-exist")
                 if criteria:
-                    key = f"{rtype}?{search_criteria.parse_query(criteria).key()}"
+                    key = f"{rtype}?{urlencode(sorted(parse_qsl(criteria, keep_blank_values=True)))}"
                     if key in creates:
                         raise BadRequest(f"Two entries create {key} conditionally: make them one")
                     creates.add(key)
@@ -188,12 +189,13 @@ async def _resolve_conditional_references(entries: list[Entry], s: Session, ids:
                 continue
             rtype, _, query = ref.partition("?")
             try:
-                crit = search_criteria.parse_query(query)
-                if crit.empty:
-                    raise BadRequest(f"The conditional reference {ref!r} has no criteria")
-                found = {st.id for st in await s.find(require_type(rtype), crit.ids, crit.tokens, limit=2)}
-                found |= {rid for t, rid, res in written
-                          if t == rtype and rid and search_criteria.matches(crit, rid, res)}
+                found = {st.id for st in await match_conditional(s, require_type(rtype), query,
+                                                                  what=f"The conditional reference {ref!r}")}
+                # the Bundle's own entries are not stored yet: matched on _id and identifier only
+                crit = search_criteria.parse(parse_qsl(query, keep_blank_values=True))
+                if not crit.unknown:
+                    found |= {rid for t, rid, res in written
+                              if t == rtype and rid and search_criteria.matches(crit, rid, res)}
                 if len(found) != 1:
                     raise PreconditionFailed(f"The conditional reference {ref!r} matches {len(found)} resources")
             except FhirError as exc:

@@ -14,34 +14,29 @@ from typing import Any
 
 from .. import FHIR_VERSION, __version__
 from ..operations import OPERATIONS
-from ..resources.registry import AUDIT_TYPES, RESOURCE_TYPES, element_types
-from ..search.criteria import SUPPORTED
+from ..resources.registry import AUDIT_TYPES, RESOURCE_TYPES
+from ..search.parameters import compartments, params_for
 from ..storage.repository import Session
 from .context import Context, FhirRequest, FhirResponse
 
 #: when this server process started: the CapabilityStatement's date
 STARTED = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-# (definition, type, documentation); the definition URL is given only where it is certain
-# (R5 shares identifier parameters between types under several names: see the search work)
-_SEARCH_DOCS = {
-    "_id": ("http://hl7.org/fhir/SearchParameter/Resource-id", "token", "Logical id of this artifact"),
-    "identifier": (None, "token", "Business identifier ([system]|[value])"),
-}
 _NOT_FOR_AUDIT = {"create", "update", "patch", "delete"}
+#: the parameter types searched (storage/search_sql.py); composite and special ones are not yet
+SEARCHED_TYPES = {"string", "token", "reference", "date", "number", "quantity", "uri"}
 
 
 def _search_params(rtype: str) -> list[dict[str, Any]]:
     out = []
-    for name in SUPPORTED:
-        if name == "identifier" and element_types(rtype, "identifier") != ["Identifier"]:
-            continue
-        definition, kind, doc = _SEARCH_DOCS[name]
-        param: dict[str, Any] = {"name": name, "type": kind, "documentation": doc}
-        if definition:
-            param["definition"] = definition
-        out.append(param)
+    for code, p in sorted(params_for(rtype).items()):
+        if _searched(code, p):
+            out.append({"name": code, "definition": p.url, "type": p.type})
     return out
+
+
+def _searched(code: str, p: Any) -> bool:
+    return p.type in SEARCHED_TYPES and (p.expression is not None or code in ("_id", "_lastUpdated"))
 
 
 def _resource(rtype: str) -> dict[str, Any]:
@@ -79,6 +74,10 @@ def capability_statement(base: str, date: str = STARTED) -> dict[str, Any]:
                          "(a Provenance and an AuditEvent in the same transaction).",
         "resource": [_resource(t) for t in sorted(RESOURCE_TYPES)],
         "interaction": [{"code": c} for c in system],
+        "searchParam": [{"name": code, "definition": p.url, "type": p.type}
+                        for code, p in sorted(params_for("Resource").items()) if _searched(code, p)],
+        # compartment searches ([compartment]/[id]/[type]) by the R5 CompartmentDefinitions
+        "compartment": [f"http://hl7.org/fhir/CompartmentDefinition/{c.lower()}" for c in sorted(compartments())],
     }
     system_ops = [op for op in OPERATIONS if op.system]
     if system_ops:

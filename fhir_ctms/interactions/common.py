@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qsl
 from typing import Any
 
 from ..errors import BadRequest, Issue, MethodNotAllowed, NotFound, PreconditionFailed
 from ..resources.json import parse_resource
 from ..resources.registry import AUDIT_TYPES, is_resource_type, is_valid_id
-from ..search import criteria as search_criteria
+from ..search.parse import parse
 from ..storage.repository import Session, Stored
 from .context import FhirRequest
 
@@ -97,10 +98,15 @@ async def match_conditional(s: Session, rtype: str, query: str, *, what: str) ->
 
     Write sessions are serialised, so two conditional writes with the same criteria
     cannot both find nothing and both create."""
-    crit = search_criteria.parse_query(query)
-    if crit.empty:
+    criteria = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in ("_format", "_pretty")]
+    q = parse((rtype,), criteria, strict=True)
+    if not q.clauses:
         raise BadRequest(f"{what}: no search criteria given")
-    return await s.find(rtype, crit.ids, crit.tokens, limit=2)
+    unsupported = s.unsupported(q)
+    if unsupported:
+        name, why = unsupported[0][1]
+        raise BadRequest(f"{what}: search parameter {name!r}: {why} is not supported")
+    return [st for st, _ in await s.search(q, limit=2)]
 
 
 def single_match(matches: list[Stored], what: str) -> Stored | None:

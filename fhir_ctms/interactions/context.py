@@ -31,6 +31,9 @@ class FhirRequest:
     query: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    #: a compartment search's compartment type (``Patient`` in ``Patient/123/ResearchSubject``,
+    #: whose ``id`` is the compartment's id)
+    compartment: str | None = None
     #: which interaction this is (a key of ``fhir_ctms.interactions.table.INTERACTIONS``)
     interaction: str = ""
     #: a resource already parsed (a Bundle entry's); used instead of ``body``

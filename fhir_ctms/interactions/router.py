@@ -16,6 +16,8 @@ from ..errors import BadRequest, MethodNotAllowed, NotFound
 from .context import FhirRequest
 
 TYPE, ID, VID = "{type}", "{id}", "{vid}"
+#: the compartment's type in a compartment search (``Patient/123/ResearchSubject``)
+COMPARTMENT = "{compartment}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +42,16 @@ RESOURCE, PATCH, FORM = "resource", "json-patch", "form"
 
 #: most specific first: a literal segment wins over a placeholder at the same position
 ROUTES: tuple[Route, ...] = (
-    Route((), {"POST": "bundle"}, {"POST": RESOURCE}),
+    Route((), {"GET": "search-system", "POST": "bundle"}, {"POST": RESOURCE}),
     Route(("metadata",), {"GET": "capabilities"}, {}),
+    Route(("_search",), {"POST": "search-system"}, {"POST": FORM}),
     Route(("_history",), {"GET": "history-system"}, {}),
     Route((TYPE, "_history"), {"GET": "history-type"}, {}),
     Route((TYPE, "_search"), {"POST": "search-type"}, {"POST": FORM}),
     Route((TYPE,), {"GET": "search-type", "POST": "create", "PUT": "update", "PATCH": "patch",
                     "DELETE": "delete"}, {"POST": RESOURCE, "PUT": RESOURCE, "PATCH": PATCH}),
     Route((TYPE, ID, "_history"), {"GET": "history-instance"}, {}),
+    Route((COMPARTMENT, ID, TYPE), {"GET": "search-compartment"}, {}),
     Route((TYPE, ID, "_history", VID), {"GET": "vread"}, {}),
     Route((TYPE, ID), {"GET": "read", "PUT": "update", "PATCH": "patch", "DELETE": "delete"},
           {"PUT": RESOURCE, "PATCH": PATCH}),
@@ -65,11 +69,12 @@ class Match:
     type: str | None = None
     id: str | None = None
     vid: str | None = None
+    compartment: str | None = None
 
 
 def _fits(shape: tuple[str, ...], segments: list[str]) -> bool:
     for want, got in zip(shape, segments):
-        if want in (TYPE, ID, VID):
+        if want in (TYPE, ID, VID, COMPARTMENT):
             if not got:
                 return False
         elif want != got:
@@ -87,7 +92,8 @@ def route(method: str, segments: list[str]) -> Match:
             raise MethodNotAllowed(f"{method} is not allowed here; allowed: {candidate.allow()}",
                                    headers={"Allow": candidate.allow()})
         values = dict(zip(candidate.shape, segments))
-        return Match(candidate, interaction, values.get(TYPE), values.get(ID), values.get(VID))
+        return Match(candidate, interaction, values.get(TYPE), values.get(ID), values.get(VID),
+                     values.get(COMPARTMENT))
     raise NotFound("No such endpoint")
 
 
@@ -108,9 +114,9 @@ def entry_request(method: str, target: str, base: str, headers: dict[str, str]) 
     except (NotFound, MethodNotAllowed) as exc:
         raise BadRequest(f"{method} {target}: not an interaction this server supports") from exc
     conditional = found.id is None and found.interaction in ("update", "patch", "delete")
-    if found.interaction == "bundle" or found.route.shape[-1:] == ("_search",) or (
+    if found.interaction in ("bundle", "search-system") or found.route.shape[-1:] == ("_search",) or (
             conditional and not parts.query):
         raise BadRequest(f"{method} {target}: not an interaction this server supports in a Bundle")
     return FhirRequest(method="GET" if method == "HEAD" else method, type=found.type, id=found.id,
-                       vid=found.vid, params=tuple(parse_qsl(parts.query, keep_blank_values=True)),
+                       vid=found.vid, compartment=found.compartment, params=tuple(parse_qsl(parts.query, keep_blank_values=True)),
                        query=parts.query, headers=headers, interaction=found.interaction)

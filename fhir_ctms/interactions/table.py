@@ -19,7 +19,7 @@ from .delete import delete
 from .history import history
 from .patch import patch
 from .read import read, vread
-from .search import search
+from .search import search, search_compartment, search_system
 from .update import update
 
 Handler = Callable[[FhirRequest, Context, Session], Awaitable[FhirResponse]]
@@ -29,7 +29,9 @@ Handler = Callable[[FhirRequest, Context, Session], Awaitable[FhirResponse]]
 class Interaction:
     #: the CapabilityStatement code (R5 restful-interaction value set)
     code: str
-    level: str  # "instance" | "type" | "system" | "server" (capabilities: not listed as an interaction)
+    #: "instance" | "type" | "system" | "server" (capabilities) | "compartment" (not listed as
+    #: an interaction: the CapabilityStatement names the compartments instead)
+    level: str
     handler: Handler
     writes: bool
     #: checks that need no database (parsing, validation), run before a session opens, so
@@ -48,6 +50,8 @@ INTERACTIONS: dict[str, Interaction] = {
     "create": Interaction("create", "type", create, True, create_.prepare),
     "search-type": Interaction("search-type", "type", search, False),
     "history-system": Interaction("history-system", "system", history, False),
+    "search-system": Interaction("search-system", "system", search_system, False),
+    "search-compartment": Interaction("search-compartment", "compartment", search_compartment, False),
     "capabilities": Interaction("capabilities", "server", capabilities, False),
 }
 

@@ -1,4 +1,5 @@
-"""A search request parsed into a plain value before any SQL (and formatted back for links)."""
+"""Conditional references inside a transaction matched against the Bundle's own (not yet stored)
+entries: ``_id`` and ``identifier`` only. Everything else searches through ``parse`` and the index."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
 from ..errors import BadRequest
-from ..storage.repository import Token
-from .tokens import clip, extract
+from .tokens import Token, clip, extract
 
 #: result parameters handled by the search interaction itself
 RESULT_PARAMS = {"_count", "_format", "_pretty", "_cursor", "_total", "_summary", "_elements"}

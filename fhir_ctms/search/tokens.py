@@ -1,10 +1,20 @@
-"""Index extraction at write time: the tokens stored with each current version."""
+"""Identifier tokens of a resource not yet stored (a transaction's own entries, matched by
+conditional references in ``interactions/bundle.py``); stored resources are searched through
+the index (``extract``, ``index``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from ..storage.repository import Token
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An identifier token; in a query, ``system=None`` matches any system and ``""`` no system."""
+
+    param: str
+    system: str | None
+    code: str
 
 #: index values longer than this are compared on their prefix (a B-tree key has to stay small)
 MAX_TOKEN = 255

@@ -14,6 +14,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any
+
+from ..search.query import Include, SearchQuery
 
 #: the predecessor hash of the first audit chain link
 GENESIS = "0" * 64
@@ -33,13 +36,26 @@ class Stored:
     seq: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
-    """An index value; in a query, ``system=None`` matches any system and ``""`` no system."""
+#: the kinds of search index rows, one table each (``search_<kind>``) and their value columns
+INDEX_COLUMNS: dict[str, tuple[str, ...]] = {
+    "string": ("normalised", "exact"),
+    "token": ("system", "code", "text"),
+    "reference": ("target_type", "target_id", "version"),
+    "date": ("low", "high"),
+    "number": ("low", "high"),
+    "quantity": ("system", "code", "low", "high"),
+    "uri": ("uri",),
+}
 
+
+@dataclass(frozen=True, slots=True)
+class IndexRow:
+    """One search index value of a resource: its kind (a key of INDEX_COLUMNS), the
+    parameter and the values of that kind's columns, in order."""
+
+    kind: str
     param: str
-    system: str | None
-    code: str
+    values: tuple[Any, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,15 +108,27 @@ class Session(ABC):
         """
 
     @abstractmethod
-    async def set_tokens(self, rtype: str, rid: str, tokens: Sequence[Token], *, new: bool = False) -> None:
-        """Replace the index rows of a resource (``new``: it has none yet)."""
+    async def set_index(self, rtype: str, rid: str, rows: Sequence[IndexRow], *, new: bool = False) -> None:
+        """Replace the search index rows of a resource (``new``: it has none yet)."""
 
     @abstractmethod
-    async def find(self, rtype: str, ids: Sequence[str] | None, tokens: Sequence[Sequence[Token]],
-                   limit: int, after_id: str | None = None) -> list[Stored]:
-        """Current, non-deleted resources of ``rtype`` with an id in ``ids`` (when given) and,
-        for each inner sequence of ``tokens``, at least one of its tokens (AND of ORs),
-        ordered by id after ``after_id``."""
+    async def search(self, query: SearchQuery, *, limit: int,
+                     after: Sequence[Any] | None = None) -> list[tuple[Stored, tuple[Any, ...]]]:
+        """One page of matches in the query's sort order, each with its sort keys (the last
+        row's keys are the ``after`` of the next page)."""
+
+    @abstractmethod
+    def unsupported(self, query: SearchQuery) -> list[tuple[int, tuple[str, str]]]:
+        """The clauses (by index) this storage cannot search on, each with (name, why)."""
+
+    @abstractmethod
+    async def count(self, query: SearchQuery) -> int:
+        """How many resources match (``_total=accurate``)."""
+
+    @abstractmethod
+    async def include(self, inc: Include, keys: Sequence[tuple[str, str]]) -> list[Stored]:
+        """What ``inc`` adds for the resources ``keys`` (type, id): the resources they reference,
+        or (``_revinclude``) the resources that reference them."""
 
     @abstractmethod
     async def history(self, query: HistoryQuery) -> list[Stored]: ...

@@ -28,9 +28,12 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ..errors import Conflict, ServiceUnavailable
+from ..errors import BadRequest, Conflict, ServiceUnavailable
+from ..search.query import Include, SearchQuery
+from .search_sql import Builder, Unsupported, count_sql, include_sql, search_sql
 from .sqlite_inline import InlineConnection, InlineRead, InlineWriter, transient
-from .repository import GENESIS, ChainLink, HistoryQuery, Repository, Session, Stored, Token, VersionConflict
+from .repository import (GENESIS, INDEX_COLUMNS, ChainLink, HistoryQuery, IndexRow, Repository, Session, Stored,
+                         VersionConflict)
 
 
 
@@ -75,6 +78,13 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
 _RESOURCE_COLUMNS = "res_type, res_id, version, ts_us, deleted, content"
 _VERSION_COLUMNS = "res_type, res_id, version, ts_us, deleted, content, method, seq"
+
+
+_INDEX_INSERT = {
+    kind: f"INSERT INTO search_{kind} (partition, res_type, res_id, param, {', '.join(cols)}) "
+          f"VALUES ({', '.join('?' for _ in range(4 + len(cols)))})"
+    for kind, cols in INDEX_COLUMNS.items()
+}
 
 
 def _stored(row: Any) -> Stored:
@@ -175,43 +185,49 @@ class SqlSession(Session):
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (self.partition, new.type, new.id, new.version, new.ts_us, new.method, new.deleted, new.content))
 
-    async def set_tokens(self, rtype: str, rid: str, tokens: Sequence[Token], *, new: bool = False) -> None:
+    async def set_index(self, rtype: str, rid: str, rows: Sequence[IndexRow], *, new: bool = False) -> None:
         if not new:
-            await self.db.fetch("DELETE FROM token_index WHERE partition = ? AND res_type = ? AND res_id = ?",
-                                self.partition, rtype, rid)
-        for t in tokens:
-            self._queue("INSERT INTO token_index (partition, res_type, res_id, param, system, code) "
-                        "VALUES (?, ?, ?, ?, ?, ?)", (self.partition, rtype, rid, t.param, t.system or "", t.code))
+            if self.pg:  # one round trip for the seven tables
+                deletes = ", ".join(f"d_{kind} AS (DELETE FROM search_{kind} WHERE partition = $1 AND "
+                                    "res_type = $2 AND res_id = $3)" for kind in INDEX_COLUMNS)
+                await self.db.raw.execute(f"WITH {deletes} SELECT 1", self.partition, rtype, rid)
+            else:
+                for kind in INDEX_COLUMNS:
+                    await self.db.fetch(f"DELETE FROM search_{kind} WHERE partition = ? AND res_type = ? "
+                                        "AND res_id = ?", self.partition, rtype, rid)
+        for row in rows:
+            self._queue(_INDEX_INSERT[row.kind], (self.partition, rtype, rid, row.param, *row.values))
 
-    async def find(self, rtype: str, ids: Sequence[str] | None, tokens: Sequence[Sequence[Token]],
-                   limit: int, after_id: str | None = None) -> list[Stored]:
-        where = ["r.partition = ?", "r.res_type = ?", "r.deleted = ?"]
-        params: list[Any] = [self.partition, rtype, False]
-        if ids is not None:
-            if not ids:
-                return []
-            where.append(f"r.res_id IN ({', '.join('?' for _ in ids)})")
-            params += list(ids)
-        if after_id is not None:
-            where.append("r.res_id > ?")
-            params.append(after_id)
-        for alternatives in tokens:
-            if not alternatives:
-                continue
-            ors = []
-            for tok in alternatives:
-                if tok.system is None:
-                    ors.append("(t.param = ? AND t.code = ?)")
-                    params += [tok.param, tok.code]
-                else:
-                    ors.append("(t.param = ? AND t.code = ? AND t.system = ?)")
-                    params += [tok.param, tok.code, tok.system]
-            where.append("EXISTS (SELECT 1 FROM token_index t WHERE t.partition = r.partition AND "
-                         f"t.res_type = r.res_type AND t.res_id = r.res_id AND ({' OR '.join(ors)}))")
+    async def search(self, query: SearchQuery, *, limit: int,
+                     after: Sequence[Any] | None = None) -> list[tuple[Stored, tuple[Any, ...]]]:
         await self.flush()
-        sql = (f"SELECT r.res_type, r.res_id, r.version, r.ts_us, r.deleted, r.content FROM resources r "
-               f"WHERE {' AND '.join(where)} ORDER BY r.res_id LIMIT ?")
-        return [_stored(row) for row in await self.db.fetch(sql, *params, limit)]
+        f = search_sql(query, self.partition, limit=limit, after=after)
+        rows = await self.db.fetch(f.sql, *f.params)
+        return [(_stored(tuple(row[:6])), (*row[6:], row[0], row[1])) for row in rows]
+
+    def unsupported(self, query: SearchQuery) -> list[tuple[int, tuple[str, str]]]:
+        out = []
+        for n, clause in enumerate(query.clauses):
+            try:
+                Builder(self.partition).condition(clause, "r", query.types)
+            except Unsupported as exc:
+                if exc.modifier:  # search.html#modifiers: SHALL reject
+                    raise BadRequest(f"Search parameter {getattr(clause, 'param', '_has')!r}: {exc} "
+                                     "is not supported") from exc
+                out.append((n, (getattr(clause, "param", "_has"), str(exc))))
+        return out
+
+    async def count(self, query: SearchQuery) -> int:
+        await self.flush()
+        f = count_sql(query, self.partition)
+        return int((await self.db.fetch(f.sql, *f.params))[0][0])
+
+    async def include(self, inc: Include, keys: Sequence[tuple[str, str]]) -> list[Stored]:
+        if not keys:
+            return []
+        await self.flush()
+        f = include_sql(inc, self.partition, keys)
+        return [_stored(tuple(row)) for row in await self.db.fetch(f.sql, *f.params)]
 
     async def history(self, query: HistoryQuery) -> list[Stored]:
         where, params = ["v.partition = ?"], [self.partition]

@@ -1,0 +1,335 @@
+"""A :class:`SearchQuery` as SQL over ``resources`` and the ``search_*`` index tables (R5 search.html).
+
+Every condition is a membership test: ``(r.res_type, r.res_id) IN (SELECT ... FROM
+search_<kind> i WHERE i.param = ? AND <value predicate>)``, which the planners of both
+databases answer from the index tables' lookup indexes. Values were typed by the
+parser: dates and numbers arrive as ranges, strings normalised, tokens split.
+
+- prefixes on ranges (search.html#prefix): the resource's value is the range [lo, hi)
+  of the index row, the search value [vl, vh); eq: the search range contains the
+  value's; gt: the value reaches above the search range; lt: below it; ge/le: gt/lt or
+  eq; sa: starts after it; eb: ends before it; ap: they overlap. Numbers and quantities
+  compare the value itself (the middle of its precision range) for gt, lt, ge, le.
+- paging is a keyset on the sort keys followed by (type, id): a cursor holds the last
+  row's keys, so page 1,000 costs what page 1 does.
+
+SQL is built as fragments (text, parameters) joined in textual order, with ``?``
+placeholders (the driver layer numbers them for asyncpg).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..search.query import Clause, Has, Include, SearchQuery, Sort, Value
+
+#: parameter type -> index table kind
+KIND = {"string": "string", "token": "token", "reference": "reference", "date": "date", "number": "number",
+        "quantity": "quantity", "uri": "uri"}
+TOP = "\U0010ffff"  # above every character: prefix p matches [p, p + TOP)
+#: the sort key of a resource without a value: it sorts last, ascending or descending
+_LAST = {("text", False): TOP, ("text", True): "", ("num", False): 1e308, ("num", True): -1e308,
+         ("int", False): 2 ** 62, ("int", True): -(2 ** 62)}
+
+
+class Unsupported(Exception):
+    """A clause this version cannot search on. The caller reports it as ignored, unless it is
+    a modifier: search.html#modifiers says a server SHALL reject an unsupported modifier."""
+
+    def __init__(self, what: str, *, modifier: bool = False) -> None:
+        super().__init__(what)
+        self.modifier = modifier
+
+
+class F:
+    """A fragment of SQL with its parameters, in order."""
+
+    __slots__ = ("sql", "params")
+
+    def __init__(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.sql, self.params = sql, list(params)
+
+    def __add__(self, other: F | str) -> F:
+        other = other if isinstance(other, F) else F(other)
+        return F(self.sql + other.sql, self.params + other.params)
+
+    def __radd__(self, other: str) -> F:
+        return F(other) + self
+
+
+def join(sep: str, frags: Iterable[F]) -> F:
+    out = F("")
+    for n, frag in enumerate(frags):
+        out = out + (sep if n else "") + frag
+    return out
+
+
+def v(value: Any) -> F:
+    return F("?", [value])
+
+
+class Builder:
+    def __init__(self, partition: str) -> None:
+        self.partition = partition
+        self.n = 0
+
+    def alias(self, stem: str) -> str:
+        self.n += 1
+        return f"{stem}{self.n}"
+
+    # -- clauses ------------------------------------------------------------------------
+    def condition(self, c: Clause | Has, r: str, types: Sequence[str]) -> F:
+        """True for the rows of alias ``r`` (a resources row) that match ``c``."""
+        if isinstance(c, Has):
+            return self._has(c, r, types)
+        if c.param == "_id":
+            ids = join(", ", (v(x.code if x.code is not None else x.text) for x in c.values))
+            return F(f"{'NOT ' if c.modifier == 'not' else ''}{r}.res_id IN (") + ids + ")"
+        if c.param == "_lastUpdated":
+            return "(" + join(" OR ", (_range(x, f"{r}.ts_us", f"({r}.ts_us + 1)", "date")
+                                       for x in c.values)) + ")"
+        kind = KIND.get(c.type)
+        if kind is None:
+            raise Unsupported(f"{c.type} parameters")
+        if c.modifier == "missing":
+            missing = any((x.text or x.code or "").lower() == "true" for x in c.values)
+            return (F("NOT ") if missing else F("")) + self._member(r, types, kind, c.param, lambda i: F("1 = 1"))
+        param = c.param
+        if c.modifier == "of-type":
+            param = f"{c.param}:of-type"
+        elif c.modifier == "identifier":
+            kind, param = "token", f"{c.param}:identifier"
+        elif c.modifier in ("in", "not-in", "code-text", "text-advanced") or (
+                c.modifier in ("above", "below") and kind == "token"):
+            raise Unsupported(f"the :{c.modifier} modifier", modifier=True)
+
+        def predicate(i: str) -> F:
+            if c.chain is not None:
+                return self._chain(c, i)
+            return join(" OR ", (self._value(c, x, i, kind) for x in c.values)) if c.values else F("1 = 0")
+        member = self._member(r, types, kind, param, predicate)
+        return ("NOT " + member) if c.modifier == "not" else member
+
+    def _member(self, r: str, types: Sequence[str], kind: str, param: str, predicate: Any) -> F:
+        i = self.alias("i")
+        where = [F(f"{i}.partition = ?", [self.partition])]
+        if len(types) == 1:
+            where.append(F(f"{i}.res_type = ?", [types[0]]))
+        elif types:
+            where.append(F(f"{i}.res_type IN (") + join(", ", map(v, types)) + ")")
+        where.append(F(f"{i}.param = ?", [param]))
+        where.append("(" + predicate(i) + ")")
+        return (F(f"({r}.res_type, {r}.res_id) IN (SELECT {i}.res_type, {i}.res_id FROM search_{kind} {i} WHERE ")
+                + join(" AND ", where) + ")")
+
+    def _value(self, c: Clause, x: Value, i: str, kind: str) -> F:
+        if kind == "string":
+            if c.modifier == "exact":
+                return F(f"{i}.exact = ?", [x.text or ""])
+            if c.modifier == "contains":
+                like = (x.text or "").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                return F(f"{i}.normalised LIKE ? ESCAPE '\\'", [f"%{like}%"])
+            return _prefix(f"{i}.normalised", x.text or "")
+        if kind == "token":
+            if c.modifier == "text":
+                return _prefix(f"{i}.text", x.text or "")
+            if c.modifier == "of-type":
+                return F(f"({i}.system = ? AND {i}.code = ? AND {i}.text = ?)",
+                         [x.type_system or "", x.type_code or "", x.text or ""])
+            parts = []
+            if x.code is not None:
+                parts.append(F(f"{i}.code = ?", [x.code]))
+            if x.system is not None:
+                parts.append(F(f"{i}.system = ?", [x.system]))
+            return "(" + join(" AND ", parts or [F("1 = 1")]) + ")"
+        if kind == "reference":
+            parts = []
+            if x.ref_id is not None:
+                parts.append(F(f"{i}.target_id = ?", [x.ref_id]))
+                target = x.ref_type or c.target_type
+                if target:
+                    parts.append(F(f"{i}.target_type = ?", [target]))
+                if x.ref_version:
+                    parts.append(F(f"{i}.version = ?", [x.ref_version]))
+            elif x.text is not None:  # an absolute or canonical URL
+                parts.append(F(f"{i}.target_type = ''"))
+                parts.append(_prefix(f"{i}.target_id", x.text) if c.modifier == "below"
+                             else F(f"{i}.target_id = ?", [x.text]))
+            return "(" + join(" AND ", parts or [F("1 = 0")]) + ")"
+        if kind == "uri":
+            if c.modifier == "below":  # by path segment (search.html#modifierbelow): .../123 not .../1234
+                base = (x.text or "").rstrip("/")
+                return F(f"({i}.uri = ? OR ", [base]) + _prefix(f"{i}.uri", base + "/") + ")"
+            if c.modifier == "above":
+                return F(f"{i}.uri = substr(?, 1, length({i}.uri))", [x.text or ""])
+            return F(f"{i}.uri = ?", [x.text or ""])
+        if kind == "quantity":
+            parts = [_range(x, f"{i}.low", f"{i}.high", "number")]
+            if x.code is not None:
+                parts.append(F(f"{i}.code = ?", [x.code]))
+            if x.system is not None:
+                parts.append(F(f"{i}.system = ?", [x.system]))
+            return "(" + join(" AND ", parts) + ")"
+        return _range(x, f"{i}.low", f"{i}.high", kind)
+
+    def _chain(self, c: Clause, i: str) -> F:
+        assert c.chain is not None
+        t = self.alias("t")
+        types = (c.target_type,) if c.target_type else ()
+        where = [F(f"{t}.partition = ?", [self.partition]), F(f"{t}.deleted = ?", [False])]
+        if types:
+            where.append(F(f"{t}.res_type = ?", [types[0]]))
+        where.append(self.condition(c.chain, t, types))
+        return (F(f"({i}.target_type, {i}.target_id) IN (SELECT {t}.res_type, {t}.res_id FROM resources {t} WHERE ")
+                + join(" AND ", where) + ")")
+
+    def _has(self, h: Has, r: str, types: Sequence[str]) -> F:
+        i, s = self.alias("i"), self.alias("s")
+        where = [F(f"{i}.partition = ?", [self.partition]), F(f"{i}.res_type = ?", [h.source_type]),
+                 F(f"{i}.param = ?", [h.param])]
+        if len(types) == 1:
+            where.append(F(f"{i}.target_type = ?", [types[0]]))
+        where += [F(f"{s}.deleted = ?", [False]), self.condition(h.then, s, (h.source_type,))]
+        return (F(f"({r}.res_type, {r}.res_id) IN (SELECT {i}.target_type, {i}.target_id FROM search_reference {i} "
+                  f"JOIN resources {s} ON {s}.partition = {i}.partition AND {s}.res_type = {i}.res_type "
+                  f"AND {s}.res_id = {i}.res_id WHERE ") + join(" AND ", where) + ")")
+
+    # -- sorting ------------------------------------------------------------------------
+    def sort_key(self, srt: Sort, r: str) -> F:
+        """One sort key, never NULL (a resource without a value sorts last)."""
+        if srt.param == "_id":
+            return F(f"{r}.res_id")
+        if srt.param == "_lastUpdated":
+            return F(f"{r}.ts_us")
+        kind = KIND.get(srt.type)
+        if kind is None:
+            raise Unsupported(f"sorting on {srt.type} parameters")
+        column = {"string": "normalised", "token": "code", "reference": "target_id", "uri": "uri"}.get(
+            kind, "high" if srt.descending else "low")
+        family = "int" if kind == "date" else "num" if kind in ("number", "quantity") else "text"
+        agg = "MAX" if srt.descending else "MIN"
+        k = self.alias("k")
+        return F(f"COALESCE((SELECT {agg}({k}.{column}) FROM search_{kind} {k} WHERE {k}.partition = {r}.partition "
+                 f"AND {k}.res_type = {r}.res_type AND {k}.res_id = {r}.res_id AND {k}.param = ?), ?)",
+                 [srt.param, _LAST[(family, srt.descending)]])
+
+
+def _prefix(column: str, text: str) -> F:
+    return F(f"({column} >= ? AND {column} < ?)", [text, text + TOP])
+
+
+def _range(x: Value, lo: str, hi: str, kind: str) -> F:
+    """The prefix semantics of search.html#prefix on [lo, hi) against [vl, vh)."""
+    conv: Any = float if kind in ("number", "quantity") else int
+    if x.low is None or x.high is None:
+        raise Unsupported("a value without a range")
+    vl, vh = conv(x.low), conv(x.high)
+    within = F(f"({lo} >= ? AND {hi} <= ?)", [vl, vh])
+    if conv is float and x.number is not None and x.prefix in ("gt", "lt", "ge", "le", "sa", "eb"):
+        op = {"gt": ">", "sa": ">", "lt": "<", "eb": "<", "ge": ">=", "le": "<="}[x.prefix]
+        return F(f"(({lo} + {hi}) / 2) {op} ?", [float(x.number)])
+    match x.prefix:
+        case "eq":
+            return within
+        case "ne":
+            return "NOT " + within
+        case "gt":
+            return F(f"{hi} > ?", [vh])
+        case "lt":
+            return F(f"{lo} < ?", [vl])
+        case "ge":
+            return F(f"({hi} > ? OR ", [vh]) + within + ")"
+        case "le":
+            return F(f"({lo} < ? OR ", [vl]) + within + ")"
+        case "sa":
+            return F(f"{lo} >= ?", [vh])
+        case "eb":
+            return F(f"{hi} <= ?", [vl])
+        case "ap":
+            return F(f"({lo} < ? AND {hi} > ?)", [vh, vl])
+    raise Unsupported(f"the prefix {x.prefix}")
+
+
+def _where(b: Builder, q: SearchQuery) -> list[F]:
+    where = [F("r.partition = ?", [b.partition]), F("r.deleted = ?", [False])]
+    if len(q.types) == 1:
+        where.append(F("r.res_type = ?", [q.types[0]]))
+    elif q.types:
+        where.append("r.res_type IN (" + join(", ", map(v, q.types)) + ")")
+    where += [b.condition(c, "r", q.types) for c in q.clauses]
+    if q.compartment is not None:
+        where.append(_compartment(b, q))
+    return where
+
+
+def count_sql(q: SearchQuery, partition: str) -> F:
+    return "SELECT COUNT(*) FROM resources r WHERE " + join(" AND ", _where(Builder(partition), q))
+
+
+def search_sql(q: SearchQuery, partition: str, *, limit: int, after: Sequence[Any] | None) -> F:
+    """One page: the rows (res_type, res_id, version, ts_us, deleted, content) followed by
+    their sort keys (the cursor of the next page is the last row's keys, then type and id)."""
+    b = Builder(partition)
+
+    def keys() -> list[tuple[F, bool]]:  # built afresh at each use: each use binds its own parameters
+        return [(b.sort_key(s, "r"), s.descending) for s in q.sort] + [(F("r.res_type"), False),
+                                                                        (F("r.res_id"), False)]
+    select = F("SELECT r.res_type, r.res_id, r.version, r.ts_us, r.deleted, r.content")
+    for key, _ in keys()[:-2]:
+        select = select + ", " + key
+    where = _where(b, q)
+    if after is not None:
+        ors = []
+        for n in range(len(after)):
+            ands = []
+            for m, (key, desc) in enumerate(keys()[:n + 1]):
+                op = "=" if m < n else ("<" if desc else ">")
+                ands.append(key + f" {op} " + v(after[m]))
+            ors.append("(" + join(" AND ", ands) + ")")
+        where.append("(" + join(" OR ", ors) + ")")
+    order = join(", ", (key + (" DESC" if desc else " ASC") for key, desc in keys()))
+    return (select + " FROM resources r WHERE " + join(" AND ", where) + " ORDER BY " + order
+            + " LIMIT " + v(limit))
+
+
+def _compartment(b: Builder, q: SearchQuery) -> F:
+    from ..search.parameters import compartment_params  # data: the R5 CompartmentDefinitions
+    assert q.compartment is not None
+    ctype, cid = q.compartment
+    ors = []
+    for rtype in q.types:
+        params = compartment_params(ctype, rtype)
+        if not params:
+            continue
+        i = b.alias("i")
+        ors.append(F(f"(r.res_type, r.res_id) IN (SELECT {i}.res_type, {i}.res_id FROM search_reference {i} "
+                     f"WHERE {i}.partition = ? AND {i}.res_type = ? AND {i}.param IN (", [b.partition, rtype])
+                   + join(", ", map(v, params))
+                   + F(f") AND {i}.target_type = ? AND {i}.target_id = ?)", [ctype, cid]))
+    return "(" + (join(" OR ", ors) if ors else F("1 = 0")) + ")"
+
+
+def include_sql(inc: Include, partition: str, keys: Sequence[tuple[str, str]]) -> F:
+    """What an ``_include`` adds (the targets of the page's references) or a ``_revinclude``
+    (the resources that reference the page), for the page's (type, id) ``keys``."""
+    pairs = join(" OR ", (F("(x.{t} = ? AND x.{i} = ?)", [t, i]) for t, i in keys))
+    if not inc.reverse:
+        cols = ("res_type", "res_id")
+        where = [F("x.partition = ?", [partition]), F("x.target_type <> ''")]
+        if inc.source_type != "*":
+            where.append(F("x.res_type = ?", [inc.source_type]))
+        if inc.target_type:
+            where.append(F("x.target_type = ?", [inc.target_type]))
+        on = "t.res_type = x.target_type AND t.res_id = x.target_id"
+    else:
+        cols = ("target_type", "target_id")
+        where = [F("x.partition = ?", [partition]), F("x.res_type = ?", [inc.source_type])]
+        on = "t.res_type = x.res_type AND t.res_id = x.res_id"
+    if inc.param != "*":
+        where.append(F("x.param = ?", [inc.param]))
+    pairs = F(pairs.sql.replace("{t}", cols[0]).replace("{i}", cols[1]), pairs.params)
+    where.append("(" + pairs + ")")
+    return (F("SELECT DISTINCT t.res_type, t.res_id, t.version, t.ts_us, t.deleted, t.content "
+              f"FROM search_reference x JOIN resources t ON t.partition = x.partition AND {on} WHERE ")
+            + join(" AND ", where) + F(" AND t.deleted = ?", [False]))

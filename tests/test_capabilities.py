@@ -25,9 +25,10 @@ async def test_capability_statement_is_valid_r5_and_complete(client):
         patient_params)
     assert patient_params["birthdate"]["type"] == "date"
     assert patient_params["birthdate"]["definition"] == "http://hl7.org/fhir/SearchParameter/individual-birthdate"
-    # composite and special parameters are not searched yet, so not advertised
+    # special parameters (near, _text, _content) are not searched, so not advertised
     observation = {p["name"]: p["type"] for p in types["Observation"]["searchParam"]}
-    assert "code-value-quantity" not in observation and observation["value-quantity"] == "quantity"
+    assert observation["code-value-quantity"] == "composite" and observation["value-quantity"] == "quantity"
+    assert "near" not in {p["name"] for p in types["Location"]["searchParam"]}
     assert "_text" not in patient_params and "_content" not in patient_params
     assert {p["name"] for p in types["Binary"]["searchParam"]} >= {"_id", "_lastUpdated"}
     assert "update" not in {i["code"] for i in types["AuditEvent"]["interaction"]}

@@ -1216,3 +1216,54 @@ async def test_capability_statement_lists_research_study_search_parameters(clien
         assert params[code]["type"] == kind, code
         assert params[code]["definition"] == f"http://hl7.org/fhir/SearchParameter/ResearchStudy-{code}"
     assert "search-type" in {i["code"] for i in rs["interaction"]}
+
+
+async def test_previous_links_walk_back_to_the_first_page(client, page_size):
+    """search.html#paging: previous links, followed from the last page, give the pages again in
+    reverse, each with the same matches as on the way forward; the first page has no previous."""
+    await _seven(client)
+    await load(client, pat("x1"), pat("x2"), pat("x3"))
+    for sort in ("birthdate", "-gender,birthdate", None):
+        params = {"_sort": sort} if sort else {}
+        _, forward = await every_page(page_size(3), "/Patient", params)
+        assert link(forward[0], "previous") is None
+        backward = [forward[-1]]
+        while (prev := link(backward[-1], "previous")) is not None:
+            assert len(backward) < 20, "previous links do not end"
+            backward.append(await search(client, prev))
+        assert [matches(p) for p in reversed(backward)] == [matches(p) for p in forward], sort
+
+
+async def test_a_cursor_from_another_search_is_refused(client, page_size):
+    await _seven(client)
+    page = await search(page_size(2), "/Patient", {"_sort": "birthdate"})
+    cursor = dict(query_of(link(page, "next")))["_cursor"]
+    r = await client.get("/Patient", params={"_cursor": cursor})  # no _sort: other keys
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+    assert (await client.get("/Patient", params={"_cursor": "bm9uc2Vuc2U"})).status_code == 400
+
+
+async def test_composite_matches_both_components_on_the_same_element(client):
+    """#composite: 'code-value-quantity=loinc|2823-3$lt6' holds when one Observation has that code
+    and that value; a code here and a value there (two components) is not a match."""
+    def o(rid: str, code: str, value: float, *comps: tuple[str, float]) -> dict[str, Any]:
+        return obs(rid, {"coding": [coding(LOINC, code)]}, valueQuantity={"value": value, "system": UCUM, "code": "mmol/L"},
+                   component=[{"code": {"coding": [coding(LOINC, c)]},
+                               "valueQuantity": {"value": v, "system": UCUM, "code": "mmol/L"}} for c, v in comps])
+    await load(client, o("c1", "2823-3", 5.4), o("c2", "2823-3", 6.1), o("c3", "2951-2", 5.0),
+               o("c4", "8480-6", 120, ("8462-4", 80), ("8480-6", 130)))
+    cases = {
+        f"{LOINC}|2823-3$lt6|{UCUM}|mmol/L": {"c1"},
+        "2823-3$gt5": {"c1", "c2"},
+        "2951-2$5": {"c3"},
+        "2823-3$5.0,2951-2$5.0": {"c3"},
+        "2823-3$ge6.1": {"c2"},
+    }
+    for value, expected in cases.items():
+        b = await search(client, "/Observation", {"code-value-quantity": value})
+        assert {m.split("/")[1] for m in matches(b)} == expected, value
+    # component-code-value-quantity pairs each component's own code and value
+    b = await search(client, "/Observation", {"component-code-value-quantity": "8462-4$80"})
+    assert matches(b) == ["Observation/c4"]
+    b = await search(client, "/Observation", {"component-code-value-quantity": "8462-4$130"})
+    assert matches(b) == []

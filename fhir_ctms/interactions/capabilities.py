@@ -23,8 +23,8 @@ from .context import Context, FhirRequest, FhirResponse
 STARTED = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 _NOT_FOR_AUDIT = {"create", "update", "patch", "delete"}
-#: the parameter types searched (storage/search_sql.py); composite and special ones are not yet
-SEARCHED_TYPES = {"string", "token", "reference", "date", "number", "quantity", "uri"}
+#: the parameter types searched (storage/search_sql.py); special ones (near, _text...) are not
+SEARCHED_TYPES = {"string", "token", "reference", "date", "number", "quantity", "uri", "composite"}
 
 
 def _search_params(rtype: str) -> list[dict[str, Any]]:

@@ -7,8 +7,9 @@ storage answers one page of it, and the Bundle (type ``searchset``) carries:
   (``include``; ``:iterate`` repeats them on what they added, up to :data:`MAX_ITERATE`);
 - ``total`` when ``_total`` asks for it, or when the first page is the whole result
   (then it costs nothing);
-- links ``self`` (the parameters actually used), ``first`` and ``next``; pages are a keyset
-  cursor (``_cursor``: the last row's sort keys), never an offset;
+- links ``self`` (the parameters actually used), ``first``, ``previous`` and ``next``; pages are
+  a keyset cursor (``_cursor``: the first or last row's sort keys, and a direction), never an
+  offset, so page 1,000 costs what page 1 does and concurrent writes shift no page;
 - an OperationOutcome entry (``search.mode = outcome``) naming every parameter ignored
   (unknown, or not supported); ``Prefer: handling=strict`` makes those a 400 instead.
 
@@ -78,34 +79,41 @@ async def _search(req: FhirRequest, ctx: Context, s: Session, types: tuple[str, 
     q = query_of(req, ctx, types, strict=strict, compartment=compartment)
     q, dropped = _without_unsupported(q, s, strict)
     count = q.count if q.count is not None else ctx.settings.default_page_size
-    after = _cursor(req.param("_cursor"))
+    direction, at = _cursor(req.param("_cursor"))
+    if at is not None and len(at) != len(q.sort) + 2:  # the sort keys, then type and id
+        raise BadRequest("_cursor does not belong to this search (its sort changed)")
 
     total: int | None = None
     entries: list[dict[str, Any]] = []
-    more = False
-    page: list[Stored] = []
-    keys: tuple[Any, ...] = ()
+    rows: list[tuple[Stored, tuple[Any, ...]]] = []
+    earlier = later = False
     if q.summary == "count" or count == 0:  # search.html#count: _count=0 is _summary=count
         total = await s.count(q)
     else:
-        rows = await s.search(q, limit=count + 1, after=after) if count else []
-        more = len(rows) > count
-        page = [st for st, _ in rows[:count]]
-        if rows[:count]:
-            keys = rows[:count][-1][1]
+        if direction == "b":  # a previous page: the rows before the cursor, nearest first
+            rows = await s.search(q, limit=count + 1, after=at, backwards=True)
+            earlier, later = len(rows) > count, True
+            rows = rows[:count][::-1]
+        else:
+            rows = await s.search(q, limit=count + 1, after=at)
+            earlier, later = at is not None, len(rows) > count
+            rows = rows[:count]
+        page = [st for st, _ in rows]
         if q.total in ("accurate", "estimate"):
             total = await s.count(q)
-        elif after is None and not more:
+        elif at is None and not later:
             total = len(page)  # the whole result is on this page: exact and free
         entries = [_match(ctx.base, st, q) for st in page]
         entries += [_included(ctx.base, st) for st in await _includes(s, q, page)]
 
     kept = format_query(q, [] if q.count is not None else [("_count", str(count))])
     links = [("self", _link(ctx.base, path, kept, req.param("_cursor")))]
-    if after is not None:
+    if at is not None:
         links.append(("first", _link(ctx.base, path, kept, None)))
-    if more:
-        links.append(("next", _link(ctx.base, path, kept, _encode(keys))))
+    if earlier and rows:
+        links.append(("previous", _link(ctx.base, path, kept, _encode("b", rows[0][1]))))
+    if later and rows:
+        links.append(("next", _link(ctx.base, path, kept, _encode("a", rows[-1][1]))))
     ignored = list(q.ignored) + dropped
     if ignored:
         entries.append(_outcome(ignored))
@@ -143,20 +151,22 @@ def _link(base: str, path: str, query: str, cursor: str | None) -> str:
     return f"{target}?{query}" if query else target
 
 
-def _encode(keys: tuple[Any, ...]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(list(keys))).decode().rstrip("=")
+def _encode(direction: str, keys: tuple[Any, ...]) -> str:
+    """A page cursor: "a" (the rows after these sort keys) or "b" (before them), and the keys."""
+    return base64.urlsafe_b64encode(orjson.dumps([direction, *keys])).decode().rstrip("=")
 
 
-def _cursor(raw: str | None) -> list[Any] | None:
+def _cursor(raw: str | None) -> tuple[str | None, list[Any] | None]:
     if raw is None:
-        return None
+        return None, None
     try:
         value = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
     except (binascii.Error, ValueError, orjson.JSONDecodeError) as exc:
         raise BadRequest(f"_cursor={raw!r} is not a cursor this server issued") from exc
-    if not isinstance(value, list) or len(value) < 2 or not all(isinstance(x, (str, int, float)) for x in value):
+    if (not isinstance(value, list) or len(value) < 3 or value[0] not in ("a", "b")
+            or not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in value[1:])):
         raise BadRequest(f"_cursor={raw!r} is not a cursor this server issued")
-    return value
+    return value[0], value[1:]
 
 
 def _match(base: str, st: Stored, q: SearchQuery) -> dict[str, Any]:

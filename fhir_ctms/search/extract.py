@@ -1330,7 +1330,7 @@ class _Plan:
         self.generic: list[_Generic] = []
         self.codes: dict[str, SearchParam] = {}
         for p in params.values():
-            if not p.expression:
+            if not p.expression or p.code in NOT_INDEXED:
                 continue
             self.codes[p.code] = p
             if p.type not in _ROW_TYPES:
@@ -1362,6 +1362,9 @@ class _Plan:
 
 
 _compiled: dict[str, _Plan] = {}
+#: parameters searched on the resources table itself (``_id``: its id, ``_lastUpdated``: its
+#: timestamp) or not as an index (``_in``: list membership), so never extracted
+NOT_INDEXED = frozenset({"_id", "_lastUpdated", "_in"})
 
 
 def _compiled_plan(rtype: str) -> _Plan:
@@ -1474,7 +1477,8 @@ def _plan(rtype: str) -> tuple:
     params = params_for(rtype)
     cached = _plans.get(rtype)
     if cached is None or cached[0] is not params:  # first use, or parameters registered since
-        plan = tuple((p, top_level_keys(p.expression, rtype)) for p in params.values() if p.expression)
+        plan = tuple((p, top_level_keys(p.expression, rtype)) for p in params.values()
+                     if p.expression and p.code not in NOT_INDEXED)
         cached = _plans[rtype] = (params, plan)
     return cached[1]
 

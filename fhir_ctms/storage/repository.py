@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..search.query import Include, SearchQuery
 
@@ -45,13 +45,14 @@ INDEX_COLUMNS: dict[str, tuple[str, ...]] = {
     "number": ("low", "high"),
     "quantity": ("system", "code", "low", "high"),
     "uri": ("uri",),
+    "composite": ("c1_system", "c1_code", "c2_system", "c2_code", "low", "high"),
 }
 
 
-@dataclass(frozen=True, slots=True)
-class IndexRow:
+class IndexRow(NamedTuple):
     """One search index value of a resource: its kind (a key of INDEX_COLUMNS), the
-    parameter and the values of that kind's columns, in order."""
+    parameter and the values of that kind's columns, in order. (A tuple: a resource's rows are
+    de-duplicated by hash, which a dataclass computes in Python.)"""
 
     kind: str
     param: str
@@ -112,10 +113,11 @@ class Session(ABC):
         """Replace the search index rows of a resource (``new``: it has none yet)."""
 
     @abstractmethod
-    async def search(self, query: SearchQuery, *, limit: int,
-                     after: Sequence[Any] | None = None) -> list[tuple[Stored, tuple[Any, ...]]]:
+    async def search(self, query: SearchQuery, *, limit: int, after: Sequence[Any] | None = None,
+                     backwards: bool = False) -> list[tuple[Stored, tuple[Any, ...]]]:
         """One page of matches in the query's sort order, each with its sort keys (the last
-        row's keys are the ``after`` of the next page)."""
+        row's keys are the ``after`` of the next page); ``backwards``: the matches before
+        ``after``, nearest first."""
 
     @abstractmethod
     def unsupported(self, query: SearchQuery) -> list[tuple[int, tuple[str, str]]]:

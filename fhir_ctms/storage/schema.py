@@ -85,6 +85,10 @@ search_number = _search_table("search_number", {"low": Float, "high": Float}, ("
 search_quantity = _search_table("search_quantity", {"system": SearchText, "code": SearchText, "low": Float, "high": Float},
                                 ("res_type", "param", "code", "low"))
 search_uri = _search_table("search_uri", {"uri": SearchText}, ("res_type", "param", "uri"))
+search_composite = _search_table(
+    "search_composite", {"c1_system": SearchText, "c1_code": SearchText, "c2_system": SearchText,
+                         "c2_code": SearchText, "low": Float, "high": Float},
+    ("res_type", "param", "c1_code", "c2_code", "low"))
 
 audit_chain = Table(
     "audit_chain", metadata,

@@ -26,7 +26,7 @@ from ..search.query import Clause, Has, Include, SearchQuery, Sort, Value
 
 #: parameter type -> index table kind
 KIND = {"string": "string", "token": "token", "reference": "reference", "date": "date", "number": "number",
-        "quantity": "quantity", "uri": "uri"}
+        "quantity": "quantity", "uri": "uri", "composite": "composite"}
 TOP = "\U0010ffff"  # above every character: prefix p matches [p, p + TOP)
 #: the sort key of a resource without a value: it sorts last, ascending or descending
 _LAST = {("text", False): TOP, ("text", True): "", ("num", False): 1e308, ("num", True): -1e308,
@@ -164,6 +164,11 @@ class Builder:
             if c.modifier == "above":
                 return F(f"{i}.uri = substr(?, 1, length({i}.uri))", [x.text or ""])
             return F(f"{i}.uri = ?", [x.text or ""])
+        if kind == "composite":
+            if len(x.components) != 2:
+                raise Unsupported("composites of other than two components")
+            return ("(" + _component(x.components[0], i, "c1") + " AND "
+                    + _component(x.components[1], i, "c2") + ")")
         if kind == "quantity":
             parts = [_range(x, f"{i}.low", f"{i}.high", "number")]
             if x.code is not None:
@@ -213,6 +218,26 @@ class Builder:
         return F(f"COALESCE((SELECT {agg}({k}.{column}) FROM search_{kind} {k} WHERE {k}.partition = {r}.partition "
                  f"AND {k}.res_type = {r}.res_type AND {k}.res_id = {r}.res_id AND {k}.param = ?), ?)",
                  [srt.param, _LAST[(family, srt.descending)]])
+
+
+def _component(y: Value, i: str, c: str) -> F:
+    """One component of a composite value against its columns (migration 0004)."""
+    parts = []
+    if y.low is not None and y.high is not None:
+        if c != "c2":
+            raise Unsupported("a range in a composite's first component")
+        parts.append(_range(y, f"{i}.low", f"{i}.high", "number" if y.number is not None else "date"))
+    elif y.ref_id is not None:
+        if not y.ref_type:
+            raise Unsupported("a composite reference without a type")
+        parts.append(F(f"{i}.{c}_code = ?", [f"{y.ref_type}/{y.ref_id}"]))
+    elif y.text is not None and y.code is None:
+        parts.append(_prefix(f"{i}.{c}_code", y.text))
+    if y.code is not None:
+        parts.append(F(f"{i}.{c}_code = ?", [y.code]))
+    if y.system is not None:
+        parts.append(F(f"{i}.{c}_system = ?", [y.system]))
+    return "(" + join(" AND ", parts or [F("1 = 1")]) + ")"
 
 
 def _prefix(column: str, text: str) -> F:
@@ -267,9 +292,13 @@ def count_sql(q: SearchQuery, partition: str) -> F:
     return "SELECT COUNT(*) FROM resources r WHERE " + join(" AND ", _where(Builder(partition), q))
 
 
-def search_sql(q: SearchQuery, partition: str, *, limit: int, after: Sequence[Any] | None) -> F:
+def search_sql(q: SearchQuery, partition: str, *, limit: int, after: Sequence[Any] | None,
+               backwards: bool = False) -> F:
     """One page: the rows (res_type, res_id, version, ts_us, deleted, content) followed by
-    their sort keys (the cursor of the next page is the last row's keys, then type and id)."""
+    their sort keys (the cursor of the next page is the last row's keys, then type and id).
+
+    ``backwards``: the rows before ``after`` instead, nearest first (a previous page, which
+    the caller puts back in order)."""
     b = Builder(partition)
 
     def keys() -> list[tuple[F, bool]]:  # built afresh at each use: each use binds its own parameters
@@ -284,11 +313,11 @@ def search_sql(q: SearchQuery, partition: str, *, limit: int, after: Sequence[An
         for n in range(len(after)):
             ands = []
             for m, (key, desc) in enumerate(keys()[:n + 1]):
-                op = "=" if m < n else ("<" if desc else ">")
+                op = "=" if m < n else ("<" if desc != backwards else ">")
                 ands.append(key + f" {op} " + v(after[m]))
             ors.append("(" + join(" AND ", ands) + ")")
         where.append("(" + join(" OR ", ors) + ")")
-    order = join(", ", (key + (" DESC" if desc else " ASC") for key, desc in keys()))
+    order = join(", ", (key + (" DESC" if desc != backwards else " ASC") for key, desc in keys()))
     return (select + " FROM resources r WHERE " + join(" AND ", where) + " ORDER BY " + order
             + " LIMIT " + v(limit))
 

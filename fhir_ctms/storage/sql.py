@@ -198,10 +198,10 @@ class SqlSession(Session):
         for row in rows:
             self._queue(_INDEX_INSERT[row.kind], (self.partition, rtype, rid, row.param, *row.values))
 
-    async def search(self, query: SearchQuery, *, limit: int,
-                     after: Sequence[Any] | None = None) -> list[tuple[Stored, tuple[Any, ...]]]:
+    async def search(self, query: SearchQuery, *, limit: int, after: Sequence[Any] | None = None,
+                     backwards: bool = False) -> list[tuple[Stored, tuple[Any, ...]]]:
         await self.flush()
-        f = search_sql(query, self.partition, limit=limit, after=after)
+        f = search_sql(query, self.partition, limit=limit, after=after, backwards=backwards)
         rows = await self.db.fetch(f.sql, *f.params)
         return [(_stored(tuple(row[:6])), (*row[6:], row[0], row[1])) for row in rows]
 

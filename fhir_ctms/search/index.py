@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..storage.repository import IndexRow
+from ..storage.repository import MAX_TEXT, IndexRow
 from .extract import (CompositeValue, DateValue, IndexValue, NumberValue, OfTypeValue, QuantityValue,
                       ReferenceValue, StringValue, TokenValue, UriValue, extract)
 
-MAX_TEXT = 255
 MAX_FLOAT = 1e308
 
 

@@ -49,6 +49,11 @@ INDEX_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: index text is clipped to this many characters: a B-tree key has to stay small, and longer
+#: values compare on their prefix (the search values too)
+MAX_TEXT = 255
+
+
 class IndexRow(NamedTuple):
     """One search index value of a resource: its kind (a key of INDEX_COLUMNS), the
     parameter and the values of that kind's columns, in order. (A tuple: a resource's rows are

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..search.query import Clause, Has, Include, SearchQuery, Sort, Value
+from .repository import MAX_TEXT
 
 #: parameter type -> index table kind
 KIND = {"string": "string", "token": "token", "reference": "reference", "date": "date", "number": "number",
@@ -124,46 +125,55 @@ class Builder:
                 + join(" AND ", where) + ")")
 
     def _value(self, c: Clause, x: Value, i: str, kind: str) -> F:
+        # stored text is clipped to MAX_TEXT characters, so a longer search value is compared on
+        # its clipped form (a value that long matches on its first MAX_TEXT characters)
         if kind == "string":
+            text = _clip(x.text)
             if c.modifier == "exact":
-                return F(f"{i}.exact = ?", [x.text or ""])
+                return F(f"{i}.exact = ?", [text])
             if c.modifier == "contains":
-                like = (x.text or "").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                return F(f"{i}.normalised LIKE ? ESCAPE '\\'", [f"%{like}%"])
-            return _prefix(f"{i}.normalised", x.text or "")
+                return F(f"{i}.normalised LIKE ? ESCAPE '\\'", [f"%{_like(text)}%"])
+            if c.modifier == "text":  # a word of the text starts with the value (#modifiertextstring)
+                return F(f"({i}.normalised LIKE ? ESCAPE '\\' OR {i}.normalised LIKE ? ESCAPE '\\')",
+                         [f"{_like(text)}%", f"% {_like(text)}%"])
+            return _prefix(f"{i}.normalised", text)
         if kind == "token":
             if c.modifier == "text":
-                return _prefix(f"{i}.text", x.text or "")
+                return _prefix(f"{i}.text", _clip(x.text))
             if c.modifier == "of-type":
                 return F(f"({i}.system = ? AND {i}.code = ? AND {i}.text = ?)",
-                         [x.type_system or "", x.type_code or "", x.text or ""])
+                         [_clip(x.type_system), _clip(x.type_code), _clip(x.text)])
             parts = []
             if x.code is not None:
-                parts.append(F(f"{i}.code = ?", [x.code]))
+                parts.append(F(f"{i}.code = ?", [_clip(x.code)]))
             if x.system is not None:
-                parts.append(F(f"{i}.system = ?", [x.system]))
+                parts.append(F(f"{i}.system = ?", [_clip(x.system)]))
             return "(" + join(" AND ", parts or [F("1 = 1")]) + ")"
         if kind == "reference":
             parts = []
             if x.ref_id is not None:
-                parts.append(F(f"{i}.target_id = ?", [x.ref_id]))
+                parts.append(F(f"{i}.target_id = ?", [_clip(x.ref_id)]))
                 target = x.ref_type or c.target_type
                 if target:
                     parts.append(F(f"{i}.target_type = ?", [target]))
                 if x.ref_version:
-                    parts.append(F(f"{i}.version = ?", [x.ref_version]))
+                    parts.append(F(f"{i}.version = ?", [_clip(x.ref_version)]))
             elif x.text is not None:  # an absolute or canonical URL
                 parts.append(F(f"{i}.target_type = ''"))
-                parts.append(_prefix(f"{i}.target_id", x.text) if c.modifier == "below"
-                             else F(f"{i}.target_id = ?", [x.text]))
+                parts.append(_prefix(f"{i}.target_id", _clip(x.text)) if c.modifier == "below"
+                             else F(f"{i}.target_id = ?", [_clip(x.text)]))
             return "(" + join(" AND ", parts or [F("1 = 0")]) + ")"
         if kind == "uri":
+            text = _clip(x.text)
             if c.modifier == "below":  # by path segment (search.html#modifierbelow): .../123 not .../1234
-                base = (x.text or "").rstrip("/")
+                base = text.rstrip("/")
                 return F(f"({i}.uri = ? OR ", [base]) + _prefix(f"{i}.uri", base + "/") + ")"
-            if c.modifier == "above":
-                return F(f"{i}.uri = substr(?, 1, length({i}.uri))", [x.text or ""])
-            return F(f"{i}.uri = ?", [x.text or ""])
+            if c.modifier == "above":  # the stored uri is the value or a whole-segment prefix of it
+                return F(f"({i}.uri = ? OR ({i}.uri = substr(?, 1, length({i}.uri)) "
+                         f"AND substr(?, length({i}.uri) + 1, 1) = '/'))", [text, text, text])
+            if c.modifier == "contains":  # anywhere, case-insensitively (search.html#modifiercontains)
+                return F(f"lower({i}.uri) LIKE ? ESCAPE '\\'", [f"%{_like(text.lower())}%"])
+            return F(f"{i}.uri = ?", [text])
         if kind == "composite":
             if len(x.components) != 2:
                 raise Unsupported("composites of other than two components")
@@ -238,6 +248,14 @@ def _component(y: Value, i: str, c: str) -> F:
     if y.system is not None:
         parts.append(F(f"{i}.{c}_system = ?", [y.system]))
     return "(" + join(" AND ", parts or [F("1 = 1")]) + ")"
+
+
+def _clip(text: str | None) -> str:
+    return text[:MAX_TEXT] if text else ""
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _prefix(column: str, text: str) -> F:

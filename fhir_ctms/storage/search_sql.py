@@ -360,7 +360,12 @@ def _compartment(b: Builder, q: SearchQuery) -> F:
 def include_sql(inc: Include, partition: str, keys: Sequence[tuple[str, str]]) -> F:
     """What an ``_include`` adds (the targets of the page's references) or a ``_revinclude``
     (the resources that reference the page), for the page's (type, id) ``keys``."""
-    pairs = join(" OR ", (F("(x.{t} = ? AND x.{i} = ?)", [t, i]) for t, i in keys))
+    # per type, an IN list of ids: both planners look each one up in an index (an OR of
+    # (type, id) pairs, or a row-value IN, was planned as a scan of every reference row of the
+    # type: 11 ms at 20,000 subjects)
+    by_type: dict[str, list[str]] = {}
+    for t, i in keys:
+        by_type.setdefault(t, []).append(i)
     if not inc.reverse:
         cols = ("res_type", "res_id")
         where = [F("x.partition = ?", [partition]), F("x.target_type <> ''")]
@@ -375,8 +380,8 @@ def include_sql(inc: Include, partition: str, keys: Sequence[tuple[str, str]]) -
         on = "t.res_type = x.res_type AND t.res_id = x.res_id"
     if inc.param != "*":
         where.append(F("x.param = ?", [inc.param]))
-    pairs = F(pairs.sql.replace("{t}", cols[0]).replace("{i}", cols[1]), pairs.params)
-    where.append("(" + pairs + ")")
+    where.append("(" + join(" OR ", (F(f"(x.{cols[0]} = ? AND x.{cols[1]} IN (", [t]) + join(", ", map(v, ids)) + "))"
+                                     for t, ids in by_type.items())) + ")")
     return (F("SELECT DISTINCT t.res_type, t.res_id, t.version, t.ts_us, t.deleted, t.content "
               f"FROM search_reference x JOIN resources t ON t.partition = x.partition AND {on} WHERE ")
             + join(" AND ", where) + F(" AND t.deleted = ?", [False]))

@@ -56,3 +56,28 @@ def test_db_upgrade_is_idempotent(fresh_database_url):
     url = fresh_database_url()
     assert run(url, "db", "upgrade").returncode == 0
     assert run(url, "db", "upgrade").returncode == 0
+
+
+def test_ndjson_lines_load_together_but_versions_of_one_resource_in_order(fresh_database_url, tmp_path, live_server):
+    """Lines are written several at a time (their commits shared), yet a later line with the same
+    id still lands after an earlier one, and every line is reported by its number."""
+    url = fresh_database_url()
+    lines = []
+    for n in range(150):
+        lines.append(orjson.dumps({"resourceType": "Patient", "id": f"p{n}", "gender": "female"}))
+        if n % 40 == 0:  # the same resource again, changed: it must end as this version
+            lines.append(orjson.dumps({"resourceType": "Patient", "id": f"p{n}", "gender": "male"}))
+        if n % 50 == 7:
+            lines.append(orjson.dumps({"resourceType": "Patient", "id": f"bad{n}", "gender": "bogus"}))
+    path = tmp_path / "many.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    result = run(url, "import", "--quiet", str(path))
+    assert "loaded 154 resources, rejected 3" in result.stdout, result.stdout + result.stderr
+    bad = [n for n, line in enumerate(lines, 1) if b"bogus" in line]
+    assert [f"many.ndjson:{n}:" in result.stderr for n in bad] == [True] * 3, result.stderr
+    server = live_server(database_url=url)
+    for n in (0, 40, 80, 120):
+        patient = httpx.get(f"{server.url}/Patient/p{n}").json()
+        assert (patient["gender"], patient["meta"]["versionId"]) == ("male", "2"), n
+    assert httpx.get(f"{server.url}/Patient/p1").json()["meta"]["versionId"] == "1"
+    assert run(url, "audit", "verify").returncode == 0

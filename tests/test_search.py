@@ -1091,10 +1091,6 @@ async def test_elements_subsets_and_tags(client):
     assert SUBSETTED in {(t.get("system"), t.get("code")) for t in resource["meta"]["tag"]}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "search.html#elements (a SHOULD): 'Servers SHOULD always return mandatory and modifier elements "
-    "whether they are requested or not'; Observation?_elements=subject drops status (mandatory, a "
-    "modifier) and code (mandatory), leaving an invalid Observation"))
 async def test_elements_keeps_mandatory_and_modifier_elements(client):
     await load(client, obs("o", {"text": "weight"}, subject={"reference": "Patient/p"}, valueString="x"))
     resource = (await search(client, "/Observation", {"_elements": "subject"}))["entry"][0]["resource"]
@@ -1267,3 +1263,19 @@ async def test_composite_matches_both_components_on_the_same_element(client):
     assert matches(b) == ["Observation/c4"]
     b = await search(client, "/Observation", {"component-code-value-quantity": "8462-4$130"})
     assert matches(b) == []
+
+
+async def test_summary_true_and_text_return_the_summary_and_text_forms(client):
+    """#summary: 'true: return a limited subset of elements (isSummary)'; 'text: return only the
+    text, id, meta, and top-level mandatory elements'; both marked SUBSETTED."""
+    await load(client, obs("s1", {"coding": [coding(LOINC, "2823-3")], "text": "potassium"},
+                           valueQuantity={"value": 4.1, "system": UCUM, "code": "mmol/L"},
+                           note=[{"text": "not a summary element"}],
+                           text={"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">K 4.1</div>'}))
+    summary = (await search(client, "/Observation", {"_summary": "true"}))["entry"][0]["resource"]
+    assert "note" not in summary and "text" not in summary and summary["valueQuantity"]["value"] == 4.1
+    assert summary["meta"]["tag"][-1]["code"] == "SUBSETTED"
+    text = (await search(client, "/Observation", {"_summary": "text"}))["entry"][0]["resource"]
+    assert set(text) == {"resourceType", "id", "meta", "text", "status", "code"}
+    data = (await search(client, "/Observation", {"_summary": "data"}))["entry"][0]["resource"]
+    assert "text" not in data and "note" in data

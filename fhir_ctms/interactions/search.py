@@ -13,8 +13,8 @@ storage answers one page of it, and the Bundle (type ``searchset``) carries:
 - an OperationOutcome entry (``search.mode = outcome``) naming every parameter ignored
   (unknown, or not supported); ``Prefer: handling=strict`` makes those a 400 instead.
 
-``_summary=count`` answers the total only; ``_elements`` and ``_summary=data`` trim the
-matches and tag them SUBSETTED (search.html#elements).
+``_summary=count`` answers the total only; ``_summary=true|text|data`` and ``_elements`` trim
+the matches (``resources/summary.py``) and tag them SUBSETTED (search.html#summary, #elements).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import orjson
 from ..errors import BadRequest, NotFound
 from ..resources.registry import is_valid_id
 from ..resources.json import loads
+from ..resources.summary import subset, summary_keys, text_keys
 from ..search.parse import format_query, parse
 from ..search.query import Include, SearchQuery
 from ..storage.repository import Session, Stored
@@ -42,9 +43,8 @@ from .context import Context, FhirRequest, FhirResponse, instant, now_us
 MAX_ITERATE = 4
 #: parameters the HTTP layer or this module handles, not the query
 _TRANSPORT = ("_format", "_pretty", "_cursor")
-SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
-#: elements every resource keeps under _elements (search.html#elements: mandatory and modifiers)
-_KEEP = ("resourceType", "id", "meta", "implicitRules", "modifierExtension")
+#: elements every resource keeps under _elements (search.html#elements: besides the mandatory ones)
+_KEEP = {"resourceType", "id", "meta", "implicitRules", "modifierExtension"}
 
 
 def query_of(req: FhirRequest, ctx: Context, types: tuple[str, ...], *, strict: bool,
@@ -171,21 +171,24 @@ def _cursor(raw: str | None) -> tuple[str | None, list[Any] | None]:
 
 def _match(base: str, st: Stored, q: SearchQuery) -> dict[str, Any]:
     entry = resource_entry(base, st)
-    if (q.elements or q.summary == "data") and st.content is not None:
-        entry["resource"] = _subset(loads(st.content), q)
+    if (q.elements or q.summary in ("true", "text", "data")) and st.content is not None:
+        entry["resource"] = _trim(loads(st.content), q)
     entry["search"] = {"mode": "match"}
     return entry
 
 
-def _subset(resource: dict[str, Any], q: SearchQuery) -> dict[str, Any]:
+def _trim(resource: dict[str, Any], q: SearchQuery) -> dict[str, Any]:
+    """search.html#summary and #elements: a subset of the resource, tagged SUBSETTED."""
+    rtype = resource["resourceType"]
     if q.summary == "data":
-        out = {k: v for k, v in resource.items() if k != "text"}
-    else:
-        out = {k: v for k, v in resource.items() if k in _KEEP or k in q.elements}
-    meta = dict(out.get("meta") or {})
-    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
-    out["meta"] = meta
-    return out
+        keys: frozenset[str] | set[str] = set(resource) - {"text", "_text"}
+    elif q.summary == "true":
+        keys = summary_keys(rtype)
+    elif q.summary == "text":
+        keys = text_keys(rtype)
+    else:  # _elements: those asked for, and the mandatory and modifier elements (a SHOULD)
+        keys = (text_keys(rtype) - {"text", "_text"}) | _KEEP | set(q.elements) | {f"_{e}" for e in q.elements}
+    return subset(resource, keys)
 
 
 def _included(base: str, st: Stored) -> dict[str, Any]:

@@ -25,7 +25,8 @@ import orjson
 
 from ..errors import BadRequest, FhirError, Issue, PreconditionFailed, operation_outcome
 from ..resources.json import loads
-from ..search import criteria as search_criteria
+from ..search.parse import parse
+from ..search.unsaved import matches_unsaved
 from ..storage.repository import Session
 from . import references
 from .bundles import bundle
@@ -192,10 +193,8 @@ async def _resolve_conditional_references(entries: list[Entry], s: Session, ids:
                 found = {st.id for st in await match_conditional(s, require_type(rtype), query,
                                                                   what=f"The conditional reference {ref!r}")}
                 # the Bundle's own entries are not stored yet: matched on _id and identifier only
-                crit = search_criteria.parse(parse_qsl(query, keep_blank_values=True))
-                if not crit.unknown:
-                    found |= {rid for t, rid, res in written
-                              if t == rtype and rid and search_criteria.matches(crit, rid, res)}
+                q = parse((rtype,), parse_qsl(query, keep_blank_values=True), strict=True)
+                found |= {rid for t, rid, res in written if t == rtype and rid and matches_unsaved(q, rid, res)}
                 if len(found) != 1:
                     raise PreconditionFailed(f"The conditional reference {ref!r} matches {len(found)} resources")
             except FhirError as exc:

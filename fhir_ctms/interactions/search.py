@@ -24,13 +24,12 @@ import binascii
 import uuid
 from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 
 from ..errors import BadRequest, NotFound
-from ..resources.registry import is_valid_id
 from ..resources.json import loads
+from ..resources.registry import is_valid_id
 from ..resources.summary import subset, summary_keys, text_keys
 from ..search.parse import format_query, parse
 from ..search.query import Include, SearchQuery
@@ -227,9 +226,3 @@ def _outcome(ignored: list[tuple[str, str]]) -> dict[str, Any]:
                 {"severity": "warning", "code": "not-supported",
                  "diagnostics": f"Search parameter {name!r} was ignored: {why}"} for name, why in ignored]},
             "search": {"mode": "outcome"}}
-
-
-def parse_criteria(rtype: str, query: str, ctx: Context) -> SearchQuery:
-    """Conditional interactions' criteria (``If-None-Exist``, conditional update/delete): strict."""
-    return parse((rtype,), parse_qsl(query, keep_blank_values=True), strict=True,
-                 max_count=ctx.settings.max_page_size)

@@ -3,7 +3,7 @@
 import asyncio
 
 from .conftest import empty_tables, make_client
-from .fhir import ident, outcome_codes, patient, version_of
+from .fhir import ident, patient, version_of
 
 MRN = "http://example.org/mrn"
 

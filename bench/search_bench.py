@@ -319,12 +319,9 @@ def split_path(path: str) -> tuple[str, list[tuple[str, str]]]:
     return rtype, parse_qsl(parts.query, keep_blank_values=True)
 
 
-def statements(path: str, page_keys: list[tuple[str, str]] | None = None) -> list[tuple[str, Any]]:
-    """The SQL the server runs for ``path``: (label, F) for the page, the count (``_total``), and
-    each include (on ``page_keys``, the page's (type, id))."""
+def _query(path: str) -> tuple[Any, int, list[Any] | None, bool]:
     from fhir_ctms.config import get_settings
     from fhir_ctms.search.parse import parse
-    from fhir_ctms.storage.search_sql import count_sql, include_sql, search_sql
     settings = get_settings()
     rtype, params = split_path(path)
     cursor = next((v for k, v in params if k == "_cursor"), None)
@@ -332,10 +329,31 @@ def statements(path: str, page_keys: list[tuple[str, str]] | None = None) -> lis
     query = parse((rtype,), params, strict=True, max_count=settings.max_page_size)
     count = query.count if query.count is not None else settings.default_page_size
     after, backwards = decode_cursor(cursor)
-    kw = {"backwards": True} if backwards else {}
-    out: list[tuple[str, Any]] = [("page", search_sql(query, PARTITION, limit=count + 1, after=after, **kw))]
+    return query, count, after, backwards
+
+
+def probe_statements(path: str, sqlite: bool) -> list[tuple[int, Any]]:
+    """The counts the server runs before choosing a plan (``search_sql.probes``)."""
+    from fhir_ctms.storage.search_sql import probes
+    return probes(_query(path)[0], PARTITION, sqlite)
+
+
+def statements(path: str, counts: dict[int, int], sqlite: bool,
+               page_keys: list[tuple[str, str]] | None = None) -> list[tuple[str, Any]]:
+    """The SQL the server runs for ``path``, given the probes' ``counts`` (as the server stops at
+    the first small one, so must the caller): (label, F) for the page (its first phase), the
+    count (``_total``), and each include (on ``page_keys``, the page's (type, id))."""
+    from fhir_ctms.storage.search_sql import count_sql, include_sql, phases, plan, search_sql
+    query, count, after, backwards = _query(path)
+    p = plan(query, counts)
+    phase, cursor = phases(query, p, after, backwards)[0]
+    how = (f"driven by clause {p.driver + 1}" if p.driver is not None
+           else "walking the sort key's index" if p.walk else "walking type and id")
+    out: list[tuple[str, Any]] = [(f"page ({how})", search_sql(query, PARTITION, limit=count + 1,
+                                                              after=after if cursor else None, backwards=backwards,
+                                                              p=p, phase=phase, sqlite=sqlite))]
     if query.total in ("accurate", "estimate"):
-        out.append(("count (_total)", count_sql(query, PARTITION)))
+        out.append(("count (_total)", count_sql(query, PARTITION, p, sqlite=sqlite)))
     for inc in (*query.includes, *query.revincludes):
         if page_keys:  # the page's rows (the SQL reads one more, to know whether a next page exists)
             out.append((("_revinclude " if inc.reverse else "_include ") + f"{inc.source_type}:{inc.param}",
@@ -381,6 +399,8 @@ def sqlite_plan_lines(db: sqlite3.Connection, sql: str, params: list[Any]) -> li
 def pg_plans(url: str, scs: list[Scenario], deep_urls: list[str]) -> dict[str, Any]:
     import asyncpg
 
+    from fhir_ctms.storage.search_sql import SMALL
+
     def dollar(sql: str) -> str:
         parts = sql.split("?")
         return parts[0] + "".join(f"${i}{p}" for i, p in enumerate(parts[1:], 1))
@@ -394,10 +414,17 @@ def pg_plans(url: str, scs: list[Scenario], deep_urls: list[str]) -> dict[str, A
                 if path is None:
                     continue
                 entry: dict[str, Any] = {"path": path, "statements": []}
-                page = statements(path)[0][1]
+                counts: dict[int, int] = {}
+                probes = []
+                for n, f in probe_statements(path, sqlite=False):
+                    counts[n] = await conn.fetchval(dollar(f.sql), *f.params)
+                    probes.append((f"probe clause {n + 1}: {counts[n]}", f))
+                    if counts[n] < SMALL:
+                        break
+                page = statements(path, counts, False)[0][1]
                 rows = await conn.fetch(dollar(page.sql), *page.params)
                 keys = [(r[0], r[1]) for r in rows]
-                for label, f in statements(path, keys):
+                for label, f in probes + statements(path, counts, False, keys):
                     plan = [r[0] for r in await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + dollar(f.sql), *f.params)]
                     ms = next((float(ln.split(":")[1].split()[0]) for ln in plan if ln.startswith("Execution Time")),
                               None)
@@ -411,6 +438,7 @@ def pg_plans(url: str, scs: list[Scenario], deep_urls: list[str]) -> dict[str, A
 
 
 def plans(url: str, scs: list[Scenario], deep_urls: list[str], reps: int = 5) -> dict[str, Any]:
+    from fhir_ctms.storage.search_sql import SMALL
     if url.startswith("sqlite"):
         db = sqlite3.connect(f"file:{sqlite_path(url)}?mode=ro", uri=True)
         out: dict[str, Any] = {}
@@ -419,10 +447,17 @@ def plans(url: str, scs: list[Scenario], deep_urls: list[str], reps: int = 5) ->
                 path = (deep_urls[0] if deep_urls else None) if sc.name == "deep-page" else sc.paths[0]
                 if path is None:
                     continue
-                page = statements(path)[0][1]
+                counts: dict[int, int] = {}
+                probes = []
+                for n, f in probe_statements(path, sqlite=True):
+                    counts[n] = db.execute(f.sql, f.params).fetchone()[0]
+                    probes.append((f"probe clause {n + 1}: {counts[n]}", f))
+                    if counts[n] < SMALL:
+                        break
+                page = statements(path, counts, True)[0][1]
                 keys = [(r[0], r[1]) for r in db.execute(page.sql, page.params).fetchall()]
                 entry: dict[str, Any] = {"path": path, "statements": []}
-                for label, f in statements(path, keys):
+                for label, f in probes + statements(path, counts, True, keys):
                     times, rows = [], []
                     for _ in range(reps):
                         t0 = time.perf_counter()

@@ -19,6 +19,7 @@ import pytest_asyncio
 
 from .conftest import make_client
 from .fhir import outcome_codes
+from .plans import PLANS, forced
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "http://testserver/fhir"
@@ -1214,20 +1215,26 @@ async def test_capability_statement_lists_research_study_search_parameters(clien
     assert "search-type" in {i["code"] for i in rs["interaction"]}
 
 
-async def test_previous_links_walk_back_to_the_first_page(client, page_size):
+@pytest.mark.parametrize("plan", PLANS)
+async def test_previous_links_walk_back_to_the_first_page(client, page_size, plan):
     """search.html#paging: previous links, followed from the last page, give the pages again in
-    reverse, each with the same matches as on the way forward; the first page has no previous."""
+    reverse, each with the same matches as on the way forward; the first page has no previous.
+    Under each plan (tests/plans.py): a walk on a sort key pages across its two phases (the
+    resources with a value, then those without) both ways."""
     await _seven(client)
     await load(client, pat("x1"), pat("x2"), pat("x3"))
-    for sort in ("birthdate", "-gender,birthdate", None):
-        params = {"_sort": sort} if sort else {}
-        _, forward = await every_page(page_size(3), "/Patient", params)
-        assert link(forward[0], "previous") is None
-        backward = [forward[-1]]
-        while (prev := link(backward[-1], "previous")) is not None:
-            assert len(backward) < 20, "previous links do not end"
-            backward.append(await search(client, prev))
-        assert [matches(p) for p in reversed(backward)] == [matches(p) for p in forward], sort
+    with forced(plan):
+        for sort, where in (("birthdate", {}), ("-birthdate", {}), ("-gender,birthdate", {}), (None, {}),
+                            ("-birthdate", {"gender": "female,male"}), ("birthdate", {"_id:not": "p3"})):
+            params = {**where, **({"_sort": sort} if sort else {})}
+            found, forward = await every_page(page_size(3), "/Patient", params)
+            assert len(found) == len(set(found)) == (9 if "_id:not" in where else 7 if where else 10), params
+            assert link(forward[0], "previous") is None
+            backward = [forward[-1]]
+            while (prev := link(backward[-1], "previous")) is not None:
+                assert len(backward) < 20, "previous links do not end"
+                backward.append(await search(client, prev))
+            assert [matches(p) for p in reversed(backward)] == [matches(p) for p in forward], params
 
 
 async def test_a_cursor_from_another_search_is_refused(client, page_size):

@@ -20,6 +20,7 @@ placeholders (the driver layer numbers them for asyncpg).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..search.query import Clause, Has, Include, SearchQuery, Sort, Value
@@ -32,6 +33,10 @@ TOP = "\U0010ffff"  # above every character: prefix p matches [p, p + TOP)
 #: the sort key of a resource without a value: it sorts last, ascending or descending
 _LAST = {("text", False): TOP, ("text", True): "", ("num", False): 1e308, ("num", True): -1e308,
          ("int", False): 2 ** 62, ("int", True): -(2 ** 62)}
+
+
+#: the forms of an index membership (``Builder.condition``)
+IN, PROBE, ROWS = "in", "probe", "rows"
 
 
 class Unsupported(Exception):
@@ -71,8 +76,9 @@ def v(value: Any) -> F:
 
 
 class Builder:
-    def __init__(self, partition: str) -> None:
+    def __init__(self, partition: str, sqlite: bool = True) -> None:
         self.partition = partition
+        self.sqlite = sqlite
         self.n = 0
 
     def alias(self, stem: str) -> str:
@@ -80,8 +86,13 @@ class Builder:
         return f"{stem}{self.n}"
 
     # -- clauses ------------------------------------------------------------------------
-    def condition(self, c: Clause | Has, r: str, types: Sequence[str]) -> F:
-        """True for the rows of alias ``r`` (a resources row) that match ``c``."""
+    def condition(self, c: Clause | Has, r: str, types: Sequence[str], form: str = IN) -> F:
+        """True for the rows of alias ``r`` (a resources row, or any row with partition,
+        res_type and res_id) that match ``c``. ``form`` of an index membership: :data:`IN`,
+        an IN list of every match; :data:`PROBE`, a correlated EXISTS on the index table's
+        primary key (a few rows read per row of ``r``); :data:`ROWS`, the subquery alone
+        (partition, res_type, res_id of the matching index rows, a resource once per matching
+        value: positive memberships only)."""
         if isinstance(c, Has):
             return self._has(c, r, types)
         if c.param == "_id":
@@ -95,7 +106,8 @@ class Builder:
             raise Unsupported(f"{c.type} parameters")
         if c.modifier == "missing":
             missing = any((x.text or x.code or "").lower() == "true" for x in c.values)
-            return (F("NOT ") if missing else F("")) + self._member(r, types, kind, c.param, lambda i: F("1 = 1"))
+            return (F("NOT ") if missing else F("")) + self._member(r, types, kind, c.param, lambda i: F("1 = 1"),
+                                                                    form)
         param = c.param
         if c.modifier == "of-type":
             param = f"{c.param}:of-type"
@@ -109,11 +121,19 @@ class Builder:
             if c.chain is not None:
                 return self._chain(c, i)
             return join(" OR ", (self._value(c, x, i, kind) for x in c.values)) if c.values else F("1 = 0")
-        member = self._member(r, types, kind, param, predicate)
+        member = self._member(r, types, kind, param, predicate, form)
         return ("NOT " + member) if c.modifier == "not" else member
 
-    def _member(self, r: str, types: Sequence[str], kind: str, param: str, predicate: Any) -> F:
+    def _member(self, r: str, types: Sequence[str], kind: str, param: str, predicate: Any,
+                form: str = IN) -> F:
         i = self.alias("i")
+        if form == PROBE:
+            # SQLite: INDEXED BY, or the planner takes the lookup index (as many equality
+            # columns, without statistics) and scans every row of the parameter's value
+            pk = f" INDEXED BY sqlite_autoindex_search_{kind}_1" if self.sqlite else ""
+            return (F(f"EXISTS (SELECT 1 FROM search_{kind} {i}{pk} WHERE {i}.partition = {r}.partition "
+                      f"AND {i}.res_type = {r}.res_type AND {i}.res_id = {r}.res_id AND {i}.param = ?",
+                      [param]) + " AND (" + predicate(i) + "))")
         where = [F(f"{i}.partition = ?", [self.partition])]
         if len(types) == 1:
             where.append(F(f"{i}.res_type = ?", [types[0]]))
@@ -121,8 +141,12 @@ class Builder:
             where.append(F(f"{i}.res_type IN (") + join(", ", map(v, types)) + ")")
         where.append(F(f"{i}.param = ?", [param]))
         where.append("(" + predicate(i) + ")")
-        return (F(f"({r}.res_type, {r}.res_id) IN (SELECT {i}.res_type, {i}.res_id FROM search_{kind} {i} WHERE ")
-                + join(" AND ", where) + ")")
+        body = F(f" FROM search_{kind} {i} WHERE ") + join(" AND ", where)
+        if form == ROWS:
+            return F(f"SELECT {i}.partition, {i}.res_type, {i}.res_id") + body
+        if len(types) == 1:  # one column: a row-value IN list was built twice by SQLite (EXPLAIN)
+            return F(f"{r}.res_id IN (SELECT {i}.res_id") + body + ")"
+        return F(f"({r}.res_type, {r}.res_id) IN (SELECT {i}.res_type, {i}.res_id") + body + ")"
 
     def _value(self, c: Clause, x: Value, i: str, kind: str) -> F:
         # stored text is clipped to MAX_TEXT characters, so a longer search value is compared on
@@ -225,7 +249,8 @@ class Builder:
         family = "int" if kind == "date" else "num" if kind in ("number", "quantity") else "text"
         agg = "MAX" if srt.descending else "MIN"
         k = self.alias("k")
-        return F(f"COALESCE((SELECT {agg}({k}.{column}) FROM search_{kind} {k} WHERE {k}.partition = {r}.partition "
+        pk = f" INDEXED BY sqlite_autoindex_search_{kind}_1" if self.sqlite else ""  # as in _member
+        return F(f"COALESCE((SELECT {agg}({k}.{column}) FROM search_{kind} {k}{pk} WHERE {k}.partition = {r}.partition "
                  f"AND {k}.res_type = {r}.res_type AND {k}.res_id = {r}.res_id AND {k}.param = ?), ?)",
                  [srt.param, _LAST[(family, srt.descending)]])
 
@@ -294,38 +319,162 @@ def _range(x: Value, lo: str, hi: str, kind: str) -> F:
     raise Unsupported(f"the prefix {x.prefix}")
 
 
-def _where(b: Builder, q: SearchQuery) -> list[F]:
-    where = [F("r.partition = ?", [b.partition]), F("r.deleted = ?", [False])]
-    if len(q.types) == 1:
-        where.append(F("r.res_type = ?", [q.types[0]]))
-    elif q.types:
-        where.append("r.res_type IN (" + join(", ", map(v, q.types)) + ")")
-    where += [b.condition(c, "r", q.types) for c in q.clauses]
+# -- plans ------------------------------------------------------------------------------
+#: a clause with fewer matches than this drives the search (its matches are listed, then
+#: sorted); when every clause has more, the search walks an order (the resources' primary
+#: key, or the sort parameter's index) and probes each row, stopping at the page's end
+SMALL = 2000
+#: sort keys that can be read in order from an index: (kind, descending) -> column
+#: (ascending: the lookup index, on (res_type, param, <column>, ...); descending dates:
+#: ix_search_date_high, migration 0005)
+_WALKS = {("date", False): "low", ("date", True): "high", ("string", False): "normalised",
+          ("string", True): "normalised", ("number", False): "low"}
+#: what makes one row of a resource its sort key (the lowest, or highest, value; ties on
+#: the key broken by the other value column, unique by the primary key)
+_TIEBREAK = {"low": "high", "high": "low", "normalised": "exact"}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How a search runs. ``driver``: the index (in ``q.clauses``) of the clause whose
+    matches are listed first (an IN list); None: the search walks an order (``walk``: the
+    first sort key's index, else the resources' primary key) and probes every clause."""
+
+    driver: int | None = None
+    walk: bool = False
+
+
+def probes(q: SearchQuery, partition: str, sqlite: bool = True) -> list[tuple[int, F]]:
+    """The clauses worth counting before choosing a :class:`Plan`: each with a query counting
+    its matches up to :data:`SMALL` (an index range, read no further than that)."""
+    out = []
+    for n, c in enumerate(q.clauses):
+        if not isinstance(c, Clause) or c.chain is not None or c.modifier in ("not", "missing") \
+                or c.param in ("_id", "_lastUpdated") or KIND.get(c.type) is None:
+            continue
+        try:
+            rows = Builder(partition, sqlite).condition(c, "r", q.types, ROWS)
+        except Unsupported:
+            continue
+        out.append((n, "SELECT COUNT(*) FROM (" + rows + F(" LIMIT ?) x", [max(SMALL, 1)])))
+    return out
+
+
+def plan(q: SearchQuery, counts: dict[int, int]) -> Plan:
+    """The plan for ``q`` given the capped ``counts`` of :func:`probes`.
+
+    - a clause with fewer than :data:`SMALL` matches drives (the smallest one);
+    - else a chain, ``_has`` or ``_id`` clause drives (their matches are usually few and
+      cannot be counted cheaply) — as does a compartment (found by ``_compartment``);
+    - else the search walks: in the first sort key's order when an index holds it, else in
+      the resources' primary key order (the default order, type then id).
+    """
+    small = [(m, n) for n, m in counts.items() if m < SMALL]
+    if small:
+        return Plan(driver=min(small)[1])
+    for n, c in enumerate(q.clauses):
+        if n not in counts and not (isinstance(c, Clause) and c.modifier in ("not", "missing")) \
+                and not (isinstance(c, Clause) and c.param == "_lastUpdated"):
+            return Plan(driver=n)
     if q.compartment is not None:
-        where.append(_compartment(b, q))
+        return Plan()
+    return Plan(walk=bool(q.sort) and len(q.types) == 1 and _walk_column(q.sort[0]) is not None)
+
+
+def _walk_column(srt: Sort) -> str | None:
+    if srt.param in ("_id", "_lastUpdated"):  # columns of resources, not index rows
+        return None
+    kind = KIND.get(srt.type)
+    return _WALKS.get((kind, srt.descending)) if kind else None
+
+
+def _where(b: Builder, q: SearchQuery, p: Plan, r: str = "r", live: bool = False) -> list[F]:
+    """``live``: the rows of ``r`` are known to be current (found through index rows)."""
+    where = [F(f"{r}.partition = ?", [b.partition])]
+    # index rows are kept for current resources only: a match of an index membership is
+    # never deleted (and the walk need not read each row's deleted flag from the table)
+    if not live and not any(_positive_member(c) for c in q.clauses):
+        where.append(F(f"{r}.deleted = ?", [False]))
+    if len(q.types) == 1:
+        where.append(F(f"{r}.res_type = ?", [q.types[0]]))
+    elif q.types:
+        where.append(f"{r}.res_type IN (" + join(", ", map(v, q.types)) + ")")
+    if q.compartment is not None:
+        where.append(_compartment(b, q, r))
+    where += [b.condition(c, r, q.types, IN if n == p.driver else PROBE) for n, c in enumerate(q.clauses)]
     return where
 
 
-def count_sql(q: SearchQuery, partition: str) -> F:
-    return "SELECT COUNT(*) FROM resources r WHERE " + join(" AND ", _where(Builder(partition), q))
+def _positive_member(c: Clause | Has) -> bool:
+    """Is ``c`` true only for resources that have index rows (so: current, not deleted)?"""
+    if isinstance(c, Has):
+        return True
+    return c.param not in ("_id", "_lastUpdated") and c.modifier not in ("not", "missing") \
+        and KIND.get(c.type) is not None
+
+
+def count_sql(q: SearchQuery, partition: str, p: Plan = Plan(), sqlite: bool = True) -> F:
+    """The number of matches (``_total``). When a clause drives, its distinct matches are
+    counted from its index alone, each probed for the other clauses: the resources table is
+    not read (its rows carry the content: reading 200,000 of them is most of the cost)."""
+    b = Builder(partition, sqlite)
+    base = p.driver if p.driver is not None else next(
+        (n for n, c in enumerate(q.clauses) if isinstance(c, Clause) and _positive_member(c)), None)
+    if base is not None and len(q.types) == 1 and q.compartment is None \
+            and isinstance(q.clauses[base], Clause) and _positive_member(q.clauses[base]):
+        rows = b.condition(q.clauses[base], "r", q.types, ROWS)
+        rest = [b.condition(c, "r", q.types, PROBE) for n, c in enumerate(q.clauses) if n != base]
+        out = "SELECT COUNT(DISTINCT r.res_id) FROM (" + rows + ") r"
+        return out + (" WHERE " + join(" AND ", rest) if rest else F(""))
+    return "SELECT COUNT(*) FROM resources r WHERE " + join(" AND ", _where(b, q, p))
 
 
 def search_sql(q: SearchQuery, partition: str, *, limit: int, after: Sequence[Any] | None,
-               backwards: bool = False) -> F:
+               backwards: bool = False, p: Plan = Plan(), phase: int = 0, sqlite: bool = True) -> F:
     """One page: the rows (res_type, res_id, version, ts_us, deleted, content) followed by
     their sort keys (the cursor of the next page is the last row's keys, then type and id).
 
     ``backwards``: the rows before ``after`` instead, nearest first (a previous page, which
-    the caller puts back in order)."""
-    b = Builder(partition)
+    the caller puts back in order). ``after=None``: from the start (or, backwards, the end).
+
+    A walking plan on a sort key (``p.walk``) runs in two phases, the caller going from one
+    to the next: 1, the resources with a value, read from the key's index in order (each
+    resource at its lowest, or highest, value only); 2, those without one (their key is the
+    sort-last constant), in type and id order."""
+    b = Builder(partition, sqlite)
+    first = q.sort[0] if q.sort else None
+    walk = _walk_column(first) if p.walk and first is not None else None
+    source = F("resources r")
+    where = _where(b, q, p, live=(phase == 1))
+    lead: F | None = None  # the first sort key, when the walk reads it from its index
+    if walk is not None and first is not None:
+        kind = KIND[first.type]
+        if phase == 1:
+            tie = _TIEBREAK[walk]
+            cmp, tcmp = (">", ">") if first.descending else ("<", "<")
+            source = F(f"search_{kind} d JOIN resources r ON r.partition = d.partition "
+                       f"AND r.res_type = d.res_type AND r.res_id = d.res_id")
+            where = [F("d.partition = ?", [partition]), F("d.res_type = ?", [q.types[0]]),
+                     F("d.param = ?", [first.param]),
+                     F(f"NOT EXISTS (SELECT 1 FROM search_{kind} d2 WHERE d2.partition = d.partition "
+                       f"AND d2.res_type = d.res_type AND d2.res_id = d.res_id AND d2.param = d.param "
+                       f"AND (d2.{walk} {cmp} d.{walk} OR (d2.{walk} = d.{walk} AND d2.{tie} {tcmp} d.{tie})))")
+                     ] + where
+            lead = F(f"d.{walk}")
+        else:
+            where.append("NOT " + b._member("r", q.types, kind, first.param, lambda i: F("1 = 1"), PROBE))
+            last = _last(first)  # typed: PostgreSQL cannot infer a bare parameter's type
+            sql_type = "BIGINT" if isinstance(last, int) else "DOUBLE PRECISION" if isinstance(last, float) else "TEXT"
+            lead = F(f"CAST(? AS {sql_type})", [last])
 
     def keys() -> list[tuple[F, bool]]:  # built afresh at each use: each use binds its own parameters
-        return [(b.sort_key(s, "r"), s.descending) for s in q.sort] + [(F("r.res_type"), False),
-                                                                        (F("r.res_id"), False)]
+        sort = [(b.sort_key(s, "r"), s.descending) for s in q.sort]
+        if lead is not None:
+            sort[0] = (F(lead.sql, lead.params), sort[0][1])
+        return sort + [(F("r.res_type"), False), (F("r.res_id"), False)]
     select = F("SELECT r.res_type, r.res_id, r.version, r.ts_us, r.deleted, r.content")
     for key, _ in keys()[:-2]:
         select = select + ", " + key
-    where = _where(b, q)
     if after is not None:
         ors = []
         for n in range(len(after)):
@@ -336,11 +485,29 @@ def search_sql(q: SearchQuery, partition: str, *, limit: int, after: Sequence[An
             ors.append("(" + join(" AND ", ands) + ")")
         where.append("(" + join(" OR ", ors) + ")")
     order = join(", ", (key + (" DESC" if desc != backwards else " ASC") for key, desc in keys()))
-    return (select + " FROM resources r WHERE " + join(" AND ", where) + " ORDER BY " + order
+    return (select + " FROM " + source + " WHERE " + join(" AND ", where) + " ORDER BY " + order
             + " LIMIT " + v(limit))
 
 
-def _compartment(b: Builder, q: SearchQuery) -> F:
+def phases(q: SearchQuery, p: Plan, after: Sequence[Any] | None, backwards: bool) -> list[tuple[int, bool]]:
+    """The phases of :func:`search_sql` a page reads, in order, each with whether the cursor
+    applies to it (it does in the phase the cursor's row is in; the next phase starts at its
+    beginning, or its end going backwards)."""
+    if not (p.walk and q.sort):
+        return [(0, True)]
+    at = 1 if after is None or after[0] != _last(q.sort[0]) else 2
+    if backwards:
+        return [(2, True), (1, False)] if after is None or at == 2 else [(1, True)]
+    return [(1, True), (2, False)] if at == 1 else [(2, True)]
+
+
+def _last(srt: Sort) -> Any:
+    kind = KIND.get(srt.type, "")
+    family = "int" if kind == "date" else "num" if kind in ("number", "quantity") else "text"
+    return _LAST[(family, srt.descending)]
+
+
+def _compartment(b: Builder, q: SearchQuery, r: str = "r") -> F:
     from ..search.parameters import compartment_params  # data: the R5 CompartmentDefinitions
     assert q.compartment is not None
     ctype, cid = q.compartment
@@ -350,7 +517,7 @@ def _compartment(b: Builder, q: SearchQuery) -> F:
         if not params:
             continue
         i = b.alias("i")
-        ors.append(F(f"(r.res_type, r.res_id) IN (SELECT {i}.res_type, {i}.res_id FROM search_reference {i} "
+        ors.append(F(f"({r}.res_type, {r}.res_id) IN (SELECT {i}.res_type, {i}.res_id FROM search_reference {i} "
                      f"WHERE {i}.partition = ? AND {i}.res_type = ? AND {i}.param IN (", [b.partition, rtype])
                    + join(", ", map(v, params))
                    + F(f") AND {i}.target_type = ? AND {i}.target_id = ?)", [ctype, cid]))

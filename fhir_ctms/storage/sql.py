@@ -30,7 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from ..errors import BadRequest, Conflict, ServiceUnavailable
 from ..search.query import Include, SearchQuery
-from .search_sql import Builder, Unsupported, count_sql, include_sql, search_sql
+from . import search_sql as plans
+from .search_sql import Builder, Plan, Unsupported, count_sql, include_sql, phases, plan, probes, search_sql
 from .sqlite_inline import InlineConnection, InlineRead, InlineWriter, transient
 from .repository import (GENESIS, INDEX_COLUMNS, ChainLink, HistoryQuery, IndexRow, Repository, Session, Stored,
                          VersionConflict)
@@ -201,9 +202,26 @@ class SqlSession(Session):
     async def search(self, query: SearchQuery, *, limit: int, after: Sequence[Any] | None = None,
                      backwards: bool = False) -> list[tuple[Stored, tuple[Any, ...]]]:
         await self.flush()
-        f = search_sql(query, self.partition, limit=limit, after=after, backwards=backwards)
-        rows = await self.db.fetch(f.sql, *f.params)
-        return [(_stored(tuple(row[:6])), (*row[6:], row[0], row[1])) for row in rows]
+        p = await self._plan(query)
+        out: list[tuple[Stored, tuple[Any, ...]]] = []
+        for phase, cursor in phases(query, p, after, backwards):
+            f = search_sql(query, self.partition, limit=limit - len(out), after=after if cursor else None,
+                           backwards=backwards, p=p, phase=phase, sqlite=not self.pg)
+            rows = await self.db.fetch(f.sql, *f.params)
+            out += [(_stored(tuple(row[:6])), (*row[6:], row[0], row[1])) for row in rows]
+            if len(out) >= limit:
+                break
+        return out
+
+    async def _plan(self, query: SearchQuery) -> Plan:
+        """Count each countable clause's matches up to ``search_sql.SMALL`` (an index range
+        each), then choose how the search runs (``search_sql.plan``)."""
+        counts = {}
+        for n, f in probes(query, self.partition, sqlite=not self.pg):
+            counts[n] = int((await self.db.fetch(f.sql, *f.params))[0][0])
+            if counts[n] < plans.SMALL:
+                break  # small enough to drive: no need to count the others
+        return plan(query, counts)
 
     def unsupported(self, query: SearchQuery) -> list[tuple[int, tuple[str, str]]]:
         out = []
@@ -219,7 +237,7 @@ class SqlSession(Session):
 
     async def count(self, query: SearchQuery) -> int:
         await self.flush()
-        f = count_sql(query, self.partition)
+        f = count_sql(query, self.partition, await self._plan(query), sqlite=not self.pg)
         return int((await self.db.fetch(f.sql, *f.params))[0][0])
 
     async def include(self, inc: Include, keys: Sequence[tuple[str, str]]) -> list[Stored]:

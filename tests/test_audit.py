@@ -92,3 +92,55 @@ async def test_chain_detects_a_removed_link(client, repo):
         await conn.execute(audit_chain.delete().where(audit_chain.c.seq == seqs[1]))
     verdict = await verify(repo)
     assert not verdict.ok and verdict.broken_seq == seqs[2] and "predecessor" in verdict.problem
+
+
+# -- the audit trail is searchable (its index rows are built from templates: persist.audit_index_rows)
+
+def test_audit_index_rows_are_those_of_the_records():
+    """The template shortcut gives exactly what the generic extraction gives for each record."""
+    from fhir_ctms.audit import records
+    from fhir_ctms.interactions.context import instant
+    from fhir_ctms.interactions.persist import audit_index_rows
+    from fhir_ctms.search.index import index_rows
+    actors = [records.Actor(), records.Actor("Dr Who", "Practitioner/pr-1", "10.0.0.7"),
+              records.Actor("a client", None, "2001:db8::1")]
+    cases = 0
+    for build in (records.provenance, records.audit_event):
+        for rtype, rid, version in (("Patient", "p1", "1"), ("ResearchStudy", "x" * 64, "12"),
+                                    ("Observation", "0190c8b2-7d1e-7000-8000-000000000000", "3")):
+            for interaction in ("create", "update", "patch", "delete"):
+                for actor in actors:
+                    for ts in (1, 1_795_410_000_123_456, 1_795_410_000_000_000):
+                        for why in ("Recorded through the fhir-ctms REST API", "Corrected sex, see CAPA-12"):
+                            record = build(f"{rtype}/{rid}/_history/{version}", interaction, instant(ts), actor,
+                                           why, "fhir-ctms")
+                            got = audit_index_rows(build, (rtype, rid, version), interaction, ts, actor, why,
+                                                   "fhir-ctms")
+                            assert sorted(got) == sorted(index_rows(record)), (build.__name__, rtype, interaction)
+                            cases += 1
+    assert cases == 2 * 3 * 4 * 3 * 3 * 2
+
+
+async def test_the_audit_trail_is_searchable(client):
+    """AuditEvent and Provenance are searched like any resource: by the changed resource, the
+    action, the time."""
+    rid = (await client.post("/Patient", json=patient())).json()["id"]
+    await client.put(f"/Patient/{rid}", json=patient(id=rid, gender="male"), headers={"X-Reason": "Corrected sex"})
+    other = (await client.post("/Patient", json=patient())).json()["id"]
+
+    async def found(path: str) -> list[dict]:
+        r = await client.get(path)
+        assert r.status_code == 200, r.text
+        return [e["resource"] for e in r.json().get("entry", []) if e["search"]["mode"] == "match"]
+
+    events = await found(f"/AuditEvent?entity=Patient/{rid}")
+    assert sorted(e["entity"][0]["what"]["reference"] for e in events) == [
+        f"Patient/{rid}/_history/1", f"Patient/{rid}/_history/2"]
+    assert [e["action"] for e in await found(f"/AuditEvent?entity=Patient/{rid}&action=U")] == ["U"]
+    provs = await found(f"/Provenance?target=Patient/{rid}/_history/2")
+    assert [p["authorization"][0]["concept"]["text"] for p in provs] == ["Corrected sex"]
+    assert len(await found(f"/Provenance?target=Patient/{other}")) == 1
+    recorded = provs[0]["recorded"]
+    at = await found(f"/Provenance?recorded={recorded}")
+    assert [p["target"][0]["reference"] for p in at] == [f"Patient/{rid}/_history/2"]
+    assert await found(f"/AuditEvent?entity=Patient/{rid}&date=lt2000") == []

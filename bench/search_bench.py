@@ -357,7 +357,7 @@ def statements(path: str, counts: dict[int, int], sqlite: bool,
     for inc in (*query.includes, *query.revincludes):
         if page_keys:  # the page's rows (the SQL reads one more, to know whether a next page exists)
             out.append((("_revinclude " if inc.reverse else "_include ") + f"{inc.source_type}:{inc.param}",
-                        include_sql(inc, PARTITION, page_keys[:count])))
+                        include_sql(inc, PARTITION, page_keys[:count], sqlite=sqlite)))
     return out
 
 

@@ -244,7 +244,7 @@ class SqlSession(Session):
         if not keys:
             return []
         await self.flush()
-        f = include_sql(inc, self.partition, keys)
+        f = include_sql(inc, self.partition, keys, sqlite=not self.pg)
         return [_stored(tuple(row)) for row in await self.db.fetch(f.sql, *f.params)]
 
     async def history(self, query: HistoryQuery) -> list[Stored]:

@@ -179,7 +179,7 @@ def test_vectors_cover_every_type_prefix_and_modifier() -> None:
     every = {"eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"}
     for ptype in ("date", "number", "quantity"):
         assert every <= {p for t, p in prefixes if t == ptype}, ptype
-    assert modifiers >= {"missing", "exact", "contains", "text", "not", "of-type", "identifier",
+    assert modifiers >= {"missing", "in", "not-in", "exact", "contains", "text", "not", "of-type", "identifier",
                          "[type]", "above", "below"}
     assert features >= {"chain", "_has", "_id", "_lastUpdated", "or", "and", "escaping", "_sort"}
 

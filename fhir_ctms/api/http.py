@@ -122,7 +122,7 @@ def fhir_request(inc: Incoming, match: Match, body: bytes = b"",
     headers = {h: v for h in _HEADERS if (v := inc.headers.get(h)) is not None}
     return FhirRequest(method="GET" if inc.method == "HEAD" else inc.method, type=match.type, id=match.id,
                        vid=match.vid, compartment=match.compartment, params=inc.params if params is None else params, query=inc.query,
-                       headers=headers, body=body, interaction=match.interaction)
+                       headers=headers, body=body, interaction=match.interaction, operation=match.operation)
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from ..interactions.router import COMPARTMENT, FORM, ID, PATCH, RESOURCE, ROUTES, TYPE, VID
+from ..interactions.router import COMPARTMENT, FORM, ID, OP, PATCH, RESOURCE, ROUTES, TYPE, VID
 
 _QUERY = [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
           for name in ("_format", "_pretty", "_count", "_since", "_at", "_id", "identifier")]
@@ -31,7 +31,7 @@ _BODIES: dict[str, dict[str, Any]] = {
         "type": "object", "additionalProperties": {"type": "string"}}}}},
 }
 
-_PATH_PARAMS = {TYPE: "type", ID: "id", VID: "vid", COMPARTMENT: "compartment"}
+_PATH_PARAMS = {TYPE: "type", ID: "id", VID: "vid", COMPARTMENT: "compartment", OP: "operation"}
 
 
 def document(app: FastAPI, prefix: str) -> dict[str, Any]:

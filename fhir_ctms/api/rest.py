@@ -22,6 +22,7 @@ from ..config import Settings
 from ..interactions import bundle
 from ..interactions.router import FORM, PATCH, route
 from ..interactions.table import perform
+from ..search.parameters import resource_types
 from ..storage.repository import Repository
 from . import boundary
 from .http import ClientGone, Outgoing, context, fhir_request, form_params, incoming, read_body, render
@@ -46,6 +47,9 @@ class FhirRest:
     def __init__(self, state: State, prefix: str = "/fhir") -> None:
         self.state = state
         self.prefix = prefix
+        # the search parameters, with the custom ones of profiles/, loaded now rather than by
+        # the first request (a broken profiles/ SearchParameter stops the start)
+        resource_types()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         try:

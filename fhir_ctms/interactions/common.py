@@ -10,6 +10,7 @@ from ..errors import BadRequest, Issue, MethodNotAllowed, NotFound, Precondition
 from ..resources.json import parse_resource
 from ..resources.registry import AUDIT_TYPES, is_resource_type, is_valid_id
 from ..search.parse import parse
+from ..search.valuesets import resolve as resolve_value_sets
 from ..storage.repository import Session, Stored
 from .context import FhirRequest
 
@@ -102,6 +103,7 @@ async def match_conditional(s: Session, rtype: str, query: str, *, what: str) ->
     q = parse((rtype,), criteria, strict=True)
     if not q.clauses:
         raise BadRequest(f"{what}: no search criteria given")
+    q = await resolve_value_sets(q, s)
     unsupported = s.unsupported(q)
     if unsupported:
         name, why = unsupported[0][1]

@@ -36,6 +36,8 @@ class FhirRequest:
     compartment: str | None = None
     #: which interaction this is (a key of ``fhir_ctms.interactions.table.INTERACTIONS``)
     interaction: str = ""
+    #: the interaction ``operation``: the operation's name, without the ``$``
+    operation: str | None = None
     #: a resource already parsed (a Bundle entry's); used instead of ``body``
     resource: dict[str, Any] | None = None
     #: ``resource`` has passed the interaction's checks and validation already (its ``prepare``)

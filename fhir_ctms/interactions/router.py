@@ -5,6 +5,12 @@ The HTTP layer (``fhir_ctms.api.rest``), Bundle entries (``request.method`` +
 routed, what a Bundle may contain and what is documented cannot drift apart.
 A path that matches no shape is a 404; a shape served for other methods only is
 a 405 carrying every method it is served for (R5 http.html: ``Allow``).
+
+Operations (R5 operations.html: ``[base]/$name``, ``[base]/[type]/$name``,
+``[base]/[type]/[id]/$name``) are routed generically, GET and POST at each level, to the
+interaction ``operation``; which operations exist, at which levels and for which methods is
+decided by the registry (``fhir_ctms.operations.OPERATIONS``, one OperationDefinition each),
+so a new operation needs no route of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from .context import FhirRequest
 TYPE, ID, VID = "{type}", "{id}", "{vid}"
 #: the compartment's type in a compartment search (``Patient/123/ResearchSubject``)
 COMPARTMENT = "{compartment}"
+#: an operation's name with its ``$`` (``$reindex``)
+OP = "${operation}"  # in a path: /$reindex (distinct from /{type} in the OpenAPI document)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +47,8 @@ class Route:
 
 
 RESOURCE, PATCH, FORM = "resource", "json-patch", "form"
+#: an operation: GET (operations that change nothing) or POST with a Parameters body (or none)
+_OPERATION = ({"GET": "operation", "POST": "operation"}, {"POST": RESOURCE})
 
 #: most specific first: a literal segment wins over a placeholder at the same position
 ROUTES: tuple[Route, ...] = (
@@ -48,9 +58,12 @@ ROUTES: tuple[Route, ...] = (
     Route(("_history",), {"GET": "history-system"}, {}),
     Route((TYPE, "_history"), {"GET": "history-type"}, {}),
     Route((TYPE, "_search"), {"POST": "search-type"}, {"POST": FORM}),
+    Route((OP,), *_OPERATION),
     Route((TYPE,), {"GET": "search-type", "POST": "create", "PUT": "update", "PATCH": "patch",
                     "DELETE": "delete"}, {"POST": RESOURCE, "PUT": RESOURCE, "PATCH": PATCH}),
+    Route((TYPE, OP), *_OPERATION),
     Route((TYPE, ID, "_history"), {"GET": "history-instance"}, {}),
+    Route((TYPE, ID, OP), *_OPERATION),
     Route((COMPARTMENT, ID, TYPE), {"GET": "search-compartment"}, {}),
     Route((TYPE, ID, "_history", VID), {"GET": "vread"}, {}),
     Route((TYPE, ID), {"GET": "read", "PUT": "update", "PATCH": "patch", "DELETE": "delete"},
@@ -70,11 +83,15 @@ class Match:
     id: str | None = None
     vid: str | None = None
     compartment: str | None = None
+    operation: str | None = None  #: the operation's name without the ``$``
 
 
 def _fits(shape: tuple[str, ...], segments: list[str]) -> bool:
     for want, got in zip(shape, segments):
-        if want in (TYPE, ID, VID, COMPARTMENT):
+        if want == OP:
+            if len(got) < 2 or got[0] != "$":
+                return False
+        elif want in (TYPE, ID, VID, COMPARTMENT):
             if not got:
                 return False
         elif want != got:
@@ -92,8 +109,9 @@ def route(method: str, segments: list[str]) -> Match:
             raise MethodNotAllowed(f"{method} is not allowed here; allowed: {candidate.allow()}",
                                    headers={"Allow": candidate.allow()})
         values = dict(zip(candidate.shape, segments))
+        op = values.get(OP)
         return Match(candidate, interaction, values.get(TYPE), values.get(ID), values.get(VID),
-                     values.get(COMPARTMENT))
+                     values.get(COMPARTMENT), op[1:] if op else None)
     raise NotFound("No such endpoint")
 
 
@@ -114,7 +132,7 @@ def entry_request(method: str, target: str, base: str, headers: dict[str, str]) 
     except (NotFound, MethodNotAllowed) as exc:
         raise BadRequest(f"{method} {target}: not an interaction this server supports") from exc
     conditional = found.id is None and found.interaction in ("update", "patch", "delete")
-    if found.interaction in ("bundle", "search-system") or found.route.shape[-1:] == ("_search",) or (
+    if found.interaction in ("bundle", "search-system", "operation") or found.route.shape[-1:] == ("_search",) or (
             conditional and not parts.query):
         raise BadRequest(f"{method} {target}: not an interaction this server supports in a Bundle")
     return FhirRequest(method="GET" if method == "HEAD" else method, type=found.type, id=found.id,

@@ -33,6 +33,7 @@ from ..resources.registry import is_valid_id
 from ..resources.summary import subset, summary_keys, text_keys
 from ..search.parse import format_query, parse
 from ..search.query import Include, SearchQuery
+from ..search.valuesets import resolve as resolve_value_sets
 from ..storage.repository import Session, Stored
 from .bundles import bundle, resource_entry
 from .common import require_type
@@ -76,6 +77,7 @@ async def _search(req: FhirRequest, ctx: Context, s: Session, types: tuple[str, 
                   compartment: tuple[str, str] | None = None) -> FhirResponse:
     strict = req.prefer("handling") == "strict"
     q = query_of(req, ctx, types, strict=strict, compartment=compartment)
+    q = await resolve_value_sets(q, s, ctx.base)  # :in/:not-in: the value sets' members
     q, dropped = _without_unsupported(q, s, strict)
     count = q.count if q.count is not None else ctx.settings.default_page_size
     direction, at = _cursor(req.param("_cursor"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from .. import operations
 from ..storage.repository import Session
 from .context import Context, FhirRequest, FhirResponse
 from .capabilities import capabilities
@@ -30,7 +31,8 @@ class Interaction:
     #: the CapabilityStatement code (R5 restful-interaction value set)
     code: str
     #: "instance" | "type" | "system" | "server" (capabilities) | "compartment" (not listed as
-    #: an interaction: the CapabilityStatement names the compartments instead)
+    #: an interaction: the CapabilityStatement names the compartments instead) | "operation"
+    #: (``$name`` at any level: listed as operations, from ``fhir_ctms.operations``)
     level: str
     handler: Handler
     writes: bool
@@ -53,13 +55,15 @@ INTERACTIONS: dict[str, Interaction] = {
     "search-system": Interaction("search-system", "system", search_system, False),
     "search-compartment": Interaction("search-compartment", "compartment", search_compartment, False),
     "capabilities": Interaction("capabilities", "server", capabilities, False),
+    # an operation opens the sessions it needs (e.g. $reindex commits in batches)
+    "operation": Interaction("operation", "operation", operations.invoke, False),
 }
 
 
 async def perform(req: FhirRequest, ctx: Context, s: Session | None = None) -> FhirResponse:
     """Run one interaction in ``s``, or in a session of its own."""
     spec = INTERACTIONS[req.interaction]
-    if s is not None:
+    if s is not None or spec.level == "operation":
         return await spec.handler(req, ctx, s)
     if spec.prepare is not None:
         req = spec.prepare(req)

@@ -319,10 +319,10 @@ def _range(x: Value, lo: str, hi: str, kind: str) -> F:
             return F(f"{hi} > ?", [vh])
         case "lt":
             return F(f"{lo} < ?", [vl])
-        case "ge":
-            return F(f"({hi} > ? OR ", [vh]) + within + ")"
-        case "le":
-            return F(f"({lo} < ? OR ", [vl]) + within + ")"
+        case "ge":  # the first conjunct is implied (hi >= lo >= vl): an index range on hi
+            return F(f"({hi} >= ? AND ({hi} > ? OR ", [vl, vh]) + within + "))"
+        case "le":  # likewise lo <= hi <= vh: an index range on lo
+            return F(f"({lo} <= ? AND ({lo} < ? OR ", [vh, vl]) + within + "))"
         case "sa":
             return F(f"{lo} >= ?", [vh])
         case "eb":

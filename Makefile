@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh Debian machine with Python 3.11+:
 #   make run   - virtual environment, install, SQLite database, example study, serve on 127.0.0.1:8080
-#   make test  - test dependencies, a throwaway PostgreSQL server, the whole suite on SQLite AND PostgreSQL
+#   make test  - test dependencies, Debian's chromium (browser tests), a throwaway PostgreSQL server,
+#                the whole suite on SQLite AND PostgreSQL
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -32,6 +33,7 @@ run: install
 	$(BIN)/fhir-ctms serve --host $(HOST) --port $(PORT)
 
 test: install-test
+	scripts/ensure-chromium
 	scripts/with-postgres $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install-test

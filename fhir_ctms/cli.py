@@ -1,4 +1,5 @@
-"""The ``fhir-ctms`` command: serve, import, audit verify, db upgrade."""
+"""The ``fhir-ctms`` command: serve, import, audit verify, db upgrade; clients, users and keys of the
+SMART authorization server."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
+clients_app = typer.Typer(help="SMART client applications of the authorization server.", no_args_is_help=True)
+users_app = typer.Typer(help="Users of the authorization server's login page.", no_args_is_help=True)
+keys_app = typer.Typer(help="The authorization server's signing keys.", no_args_is_help=True)
+app.add_typer(clients_app, name="clients")
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
 
 
 def _repo():
@@ -88,6 +95,174 @@ def audit_verify() -> None:
     typer.echo(f"audit chain BROKEN at link {verdict.broken_seq} ({verdict.broken_record}): {verdict.problem}; "
                f"{verdict.checked} records before it are intact", err=True)
     raise typer.Exit(1)
+
+
+def _with_store(work):
+    """Run ``work(store)`` on the configured database (migrated first)."""
+    from .storage.auth_store import AuthStore
+    from .storage.migrate import upgrade
+
+    async def run():
+        repo = _repo()
+        try:
+            await upgrade(repo.engine)
+            return await work(AuthStore(repo.engine))
+        finally:
+            await repo.close()
+    return asyncio.run(run())
+
+
+def _fail(message: str) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(1)
+
+
+@clients_app.command("add")
+def clients_add(
+        client_id: Annotated[str, typer.Option("--id", help="The client_id.")],
+        kind: Annotated[str, typer.Option("--type", help="public | confidential-symmetric | confidential-asymmetric")],
+        redirect_uri: Annotated[list[str], typer.Option("--redirect-uri", help="An exact redirect URI (repeatable).")] = [],  # noqa: B006
+        scope: Annotated[list[str], typer.Option("--scope", help="Scopes the client may be granted (repeatable, or space separated).")] = [],  # noqa: B006
+        jwks_file: Annotated[Path | None, typer.Option("--jwks-file", help="The client's public JWK Set (private_key_jwt).")] = None,
+        jwks_uri: Annotated[str | None, typer.Option("--jwks-uri", help="Where the client publishes its JWK Set.")] = None,
+        secret: Annotated[str | None, typer.Option("--secret", help="The client secret (generated and printed when omitted).")] = None,
+) -> None:
+    """Register a client application."""
+    import json
+    import secrets
+    import time
+
+    from .auth.clients import KINDS
+    from .auth.passwords import hash_secret
+    from .storage.auth_store import ClientRecord
+    if kind not in KINDS:
+        _fail(f"--type must be one of {', '.join(KINDS)}")
+    jwks = None
+    if kind == "confidential-asymmetric":
+        if (jwks_file is None) == (jwks_uri is None):
+            _fail("a confidential-asymmetric client needs exactly one of --jwks-file and --jwks-uri")
+        if jwks_file is not None:
+            jwks = json.loads(jwks_file.read_text())
+            if not isinstance(jwks, dict) or not all(isinstance(k, dict) and k.get("kid") for k in jwks.get("keys", [None])):
+                _fail("--jwks-file must hold a JWK Set whose keys all have a kid")
+            if any("d" in k for k in jwks["keys"]):
+                _fail("--jwks-file holds a private key: register the public keys only")
+    elif jwks_file or jwks_uri:
+        _fail("--jwks-file and --jwks-uri are for confidential-asymmetric clients")
+    printed = None
+    if kind == "confidential-symmetric":
+        if secret is None:
+            secret = printed = secrets.token_urlsafe(32)
+    elif secret is not None:
+        _fail("--secret is for confidential-symmetric clients")
+    scopes = " ".join(" ".join(scope).split())
+    record = ClientRecord(client_id, kind, tuple(redirect_uri), scopes, hash_secret(secret) if secret else None,
+                          jwks, jwks_uri, int(time.time()))
+
+    async def work(store):
+        if await store.client(client_id) is not None:
+            _fail(f"client {client_id} exists already")
+        await store.add_client(record)
+    _with_store(work)
+    typer.echo(f"client {client_id} added ({kind})")
+    if printed:
+        typer.echo(f"client secret (shown once): {printed}")
+
+
+@clients_app.command("list")
+def clients_list() -> None:
+    """The registered clients."""
+    async def work(store):
+        return await store.clients()
+    for c in _with_store(work):
+        where = c.jwks_uri or ("jwks registered" if c.jwks else "")
+        typer.echo(f"{c.client_id}\t{c.kind}\t{' '.join(c.redirect_uris)}\t{c.scopes}\t{where}")
+
+
+@clients_app.command("remove")
+def clients_remove(client_id: Annotated[str, typer.Argument(help="The client_id.")]) -> None:
+    """Remove a client (its refresh tokens are revoked)."""
+    async def work(store):
+        return await store.remove_client(client_id)
+    if not _with_store(work):
+        _fail(f"no client {client_id}")
+    typer.echo(f"client {client_id} removed")
+
+
+@users_app.command("add")
+def users_add(
+        username: Annotated[str, typer.Option("--username", help="The login name.")],
+        password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from standard input.")] = False,
+        fhir_user: Annotated[str | None, typer.Option("--fhir-user", help="The user's FHIR resource, e.g. Practitioner/123.")] = None,
+        patient: Annotated[list[str], typer.Option("--patient", help="A Patient id the user may pick (repeatable; none: any).")] = [],  # noqa: B006
+) -> None:
+    """Add a user of the login page (the password is hashed with Argon2id)."""
+    import re
+    import sys
+    import time
+
+    from .auth.passwords import hash_secret
+    from .storage.auth_store import UserRecord
+    if not password_stdin:
+        _fail("give the password on standard input with --password-stdin")
+    password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        _fail("the password must have at least 8 characters")
+    if fhir_user is not None and not re.fullmatch(r"(Practitioner|PractitionerRole|Patient|RelatedPerson|Person)/[A-Za-z0-9\-.]{1,64}", fhir_user):
+        _fail("--fhir-user must be Practitioner/id, PractitionerRole/id, Patient/id, RelatedPerson/id or Person/id")
+    patients = tuple(p.removeprefix("Patient/") for p in patient)
+    record = UserRecord(username, hash_secret(password), fhir_user, patients, int(time.time()))
+
+    async def work(store):
+        if await store.user(username) is not None:
+            _fail(f"user {username} exists already")
+        await store.add_user(record)
+    _with_store(work)
+    typer.echo(f"user {username} added")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """The users."""
+    async def work(store):
+        return await store.users()
+    for u in _with_store(work):
+        typer.echo(f"{u.username}\t{u.fhir_user or ''}\t{' '.join(u.patients)}")
+
+
+@users_app.command("remove")
+def users_remove(username: Annotated[str, typer.Argument(help="The login name.")]) -> None:
+    """Remove a user."""
+    async def work(store):
+        return await store.remove_user(username)
+    if not _with_store(work):
+        _fail(f"no user {username}")
+    typer.echo(f"user {username} removed")
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Make a new signing key; the old ones stay published until the tokens they signed expire."""
+    from .auth.keys import rotate
+
+    async def work(store):
+        return await rotate(store, get_settings().auth_signing_alg)
+    record = _with_store(work)
+    typer.echo(f"new signing key {record.kid} ({record.alg})")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """The signing keys: kid, algorithm, created, retired."""
+    from datetime import datetime, timezone
+
+    def when(t):
+        return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds") if t else "signing"
+
+    async def work(store):
+        return await store.keys()
+    for k in _with_store(work):
+        typer.echo(f"{k.kid}\t{k.alg}\t{when(k.created)}\t{when(k.retired) if k.retired else 'signing'}")
 
 
 def main() -> None:

@@ -30,6 +30,25 @@ class Settings(BaseSettings):
     #: The base URL clients see (behind a proxy); by default derived from each request.
     public_base_url: str | None = None
 
+    # -- SMART App Launch authorization server (fhir_ctms/auth) --------------------------------
+    #: Advertise SMART on FHIR security in the CapabilityStatement (and, from part 2 of issue 5 on,
+    #: require bearer tokens). The authorization endpoints (/auth/...) and
+    #: /fhir/.well-known/smart-configuration are served either way.
+    auth_enabled: bool = False
+    #: Lifetimes in seconds: access tokens (and id tokens), authorization codes, EHR launch
+    #: handles, refresh tokens for ``offline_access`` and for ``online_access``.
+    auth_access_token_lifetime: int = 3600
+    auth_code_lifetime: int = 60
+    auth_launch_lifetime: int = 300
+    auth_offline_refresh_lifetime: int = 90 * 24 * 3600
+    auth_online_refresh_lifetime: int = 8 * 3600
+    #: Algorithm of the server's own signing keys (``ES384`` or ``RS384``).
+    auth_signing_alg: str = "ES384"
+    #: Longest lifetime accepted for a client assertion (``exp`` - now), seconds (SMART: 5 minutes).
+    auth_assertion_max_lifetime: int = 300
+    #: Style sheet URL sent as ``smart_style_url`` in token responses of user launches (none if unset).
+    auth_smart_style_url: str | None = None
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

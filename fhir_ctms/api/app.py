@@ -1,4 +1,5 @@
-"""The ASGI application: ``/fhir`` goes to the FHIR REST app, everything else to FastAPI.
+"""The ASGI application: ``/fhir`` goes to the FHIR REST app, everything else to FastAPI
+(including ``/fhir/.well-known/`` and the authorization server under ``/auth``, api/smart.py).
 
 Both share one :class:`State` (settings and repository); the repository is
 opened (and migrated) at startup unless one is given.
@@ -17,10 +18,12 @@ from ..config import Settings, get_settings
 from ..storage.migrate import upgrade
 from ..storage.repository import Repository
 from ..storage.sql import SqlRepository
-from . import boundary, openapi
+from . import boundary, openapi, smart
 from .rest import FhirRest, State
 
 PREFIX = "/fhir"
+#: under /fhir but served by FastAPI: SMART discovery (api/smart.py)
+WELL_KNOWN = PREFIX + "/.well-known/"
 
 
 class Server:
@@ -32,7 +35,8 @@ class Server:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            if path.startswith(PREFIX) and (len(path) == len(PREFIX) or path[len(PREFIX)] == "/"):
+            if (path.startswith(PREFIX) and (len(path) == len(PREFIX) or path[len(PREFIX)] == "/")
+                    and not path.startswith(WELL_KNOWN)):
                 await self.rest(scope, receive, send)
                 return
         await self.web(scope, receive, send)
@@ -65,5 +69,6 @@ def create_app(settings: Settings | None = None, repo: Repository | None = None,
                   description="FHIR R5 Clinical Trial Management System server")
     web.state.fhir = state
     boundary.install(web)
+    web.include_router(smart.router)
     web.openapi = lambda: openapi.document(web, PREFIX)  # type: ignore[method-assign]
     return Server(state, FhirRest(state, PREFIX), web)

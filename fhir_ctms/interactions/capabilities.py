@@ -3,7 +3,9 @@
 Everything in it is derived from what the server runs: the resource types from
 the R5 definitions, the interactions from ``table.INTERACTIONS`` and
 ``bundle.CODES``, the search parameters from ``fhir_ctms.search``, the
-operations from ``fhir_ctms.operations``. Nothing is written by hand.
+operations from ``fhir_ctms.operations``, and, when ``auth_enabled``, ``rest.security``
+(SMART-on-FHIR, the ``oauth-uris`` extension) from ``fhir_ctms.auth.discovery``. Nothing is
+written by hand.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ def _resource(rtype: str) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=8)
-def capability_statement(base: str, date: str = STARTED) -> dict[str, Any]:
+def capability_statement(base: str, date: str = STARTED, smart: bool = False) -> dict[str, Any]:
+    """``smart``: the server is protected by its SMART authorization server (``auth_enabled``):
+    ``rest.security`` names the SMART-on-FHIR service and its ``oauth-uris``."""
     from . import bundle
     from .table import INTERACTIONS
     system = [i.code for i in INTERACTIONS.values() if i.level == "system"] + list(bundle.CODES)
@@ -79,6 +83,9 @@ def capability_statement(base: str, date: str = STARTED) -> dict[str, Any]:
         # compartment searches ([compartment]/[id]/[type]) by the R5 CompartmentDefinitions
         "compartment": [f"http://hl7.org/fhir/CompartmentDefinition/{c.lower()}" for c in sorted(compartments())],
     }
+    if smart:
+        from ..auth.discovery import Endpoints, security
+        rest["security"] = security(Endpoints(base))
     system_ops = [op for op in OPERATIONS if op.system]
     if system_ops:
         rest["operation"] = [{"name": op.code, "definition": op.url} for op in system_ops]
@@ -98,4 +105,4 @@ def capability_statement(base: str, date: str = STARTED) -> dict[str, Any]:
 
 
 async def capabilities(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
-    return FhirResponse(200, body=capability_statement(ctx.base))
+    return FhirResponse(200, body=capability_statement(ctx.base, STARTED, ctx.settings.auth_enabled))

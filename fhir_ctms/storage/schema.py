@@ -106,3 +106,78 @@ audit_chain = Table(
     UniqueConstraint("partition", "prev_hash", name="uq_audit_chain_prev"),
     Index("ix_audit_chain_partition_seq", "partition", "seq"),
 )
+
+# -- the SMART authorization server (migration 0006, storage/auth_store.py) --------------------
+# Server-wide, not per partition: clients, users and keys belong to the server, not to a tenant.
+# Times are UNIX seconds; JSON values are text; secrets and tokens are stored hashed only.
+
+auth_clients = Table(
+    "auth_clients", metadata,
+    Column("client_id", String(128), primary_key=True),
+    Column("kind", String(32), nullable=False),           # public | confidential-symmetric | confidential-asymmetric
+    Column("secret_hash", Text, nullable=True),           # argon2
+    Column("redirect_uris", Text, nullable=False),        # JSON list
+    Column("scopes", Text, nullable=False),               # allowed scopes, space separated
+    Column("jwks", Text, nullable=True),                  # JSON JWK Set
+    Column("jwks_uri", Text, nullable=True),
+    Column("created", BigInteger, nullable=False),
+)
+
+auth_users = Table(
+    "auth_users", metadata,
+    Column("username", String(128), primary_key=True),
+    Column("password_hash", Text, nullable=False),        # argon2
+    Column("fhir_user", Text, nullable=True),             # e.g. Practitioner/123
+    Column("patients", Text, nullable=False),             # JSON list of Patient ids the user may pick
+    Column("created", BigInteger, nullable=False),
+)
+
+auth_codes = Table(
+    "auth_codes", metadata,
+    Column("code_hash", String(64), primary_key=True),    # SHA-256 hex of the code
+    Column("client_id", String(128), nullable=False),
+    Column("grant_json", Text, nullable=False),
+    Column("expires", BigInteger, nullable=False),
+    Column("used", Boolean, nullable=False),
+)
+
+auth_refresh_tokens = Table(
+    "auth_refresh_tokens", metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("family", String(64), nullable=False),         # every rotation of one grant
+    Column("client_id", String(128), nullable=False),
+    Column("grant_json", Text, nullable=False),
+    Column("expires", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),          # active | rotated | revoked
+    Index("ix_auth_refresh_tokens_family", "family"),
+)
+
+auth_launches = Table(
+    "auth_launches", metadata,
+    Column("handle_hash", String(64), primary_key=True),
+    Column("client_id", String(128), nullable=True),      # the app it is for (any app if null)
+    Column("context_json", Text, nullable=False),
+    Column("expires", BigInteger, nullable=False),
+)
+
+auth_jti = Table(
+    "auth_jti", metadata,
+    Column("client_id", String(128), primary_key=True),
+    Column("jti", String(255), primary_key=True),
+    Column("expires", BigInteger, nullable=False),
+)
+
+auth_revoked = Table(                                     # revoked access tokens, until they expire
+    "auth_revoked", metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("expires", BigInteger, nullable=False),
+)
+
+auth_keys = Table(
+    "auth_keys", metadata,
+    Column("kid", String(128), primary_key=True),
+    Column("alg", String(16), nullable=False),
+    Column("private_jwk", Text, nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("retired", BigInteger, nullable=True),         # when a newer key took over signing
+)

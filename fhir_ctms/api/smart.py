@@ -1,0 +1,246 @@
+"""HTTP of the SMART authorization server (FastAPI routes over ``fhir_ctms.auth.flows``).
+
+| route | what |
+|---|---|
+| ``GET /fhir/.well-known/smart-configuration`` | discovery (public) |
+| ``GET /fhir/.well-known/openid-configuration`` | OpenID Connect discovery of the issuer (public) |
+| ``GET, POST /auth/authorize`` | the authorization request (``authorize-post`` too): the login page, or an error |
+| ``POST /auth/login`` | the login form: the consent page, or the login page again |
+| ``POST /auth/consent`` | Allow/Deny: a 303 to the app's redirect URI with ``code`` or ``error``, and ``state`` |
+| ``POST /auth/token`` | RFC 6749 token endpoint (authorization_code, refresh_token, client_credentials) |
+| ``POST /auth/introspect`` | RFC 7662 |
+| ``POST /auth/revoke`` | RFC 7009 |
+| ``GET /auth/jwks`` | the server's public keys |
+| ``POST /auth/launch`` | an EHR (confidential client allowed ``fhir-ctms/launch``) gets a launch handle for a JSON context |
+
+The browser forms are protected against CSRF by a double-submit cookie (``SameSite=Lax``,
+``HttpOnly``): each form carries the cookie's value, and the signed ticket is bound to it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from ..auth import flows
+from ..auth.discovery import Endpoints, openid_configuration, smart_configuration
+from ..auth.errors import OAuthError, PageError
+from ..storage.auth_store import AuthStore
+from . import smart_pages as pages
+
+CSRF_COOKIE = "fhir_ctms_csrf"
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_PAGE_HEADERS = {**_NO_STORE, "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+                 "X-Content-Type-Options": "nosniff"}
+
+router = APIRouter(include_in_schema=False)
+
+
+def _server(request: Request) -> flows.AuthServer:
+    web = request.app
+    server = getattr(web.state, "auth_server", None)
+    state = web.state.fhir
+    if server is None or server.store.engine is not state.repo.engine:
+        server = flows.AuthServer(AuthStore(state.repo.engine), state.settings)
+        web.state.auth_server = server
+    return server
+
+
+def _endpoints(request: Request) -> Endpoints:
+    settings = request.app.state.fhir.settings
+    if settings.public_base_url:
+        return Endpoints(settings.public_base_url.rstrip("/"))
+    scope = request.scope
+    host = request.headers.get("host")
+    if host is None:
+        server = scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else "localhost"
+    return Endpoints(f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}/fhir")
+
+
+def _oauth_error(exc: OAuthError) -> JSONResponse:
+    headers = dict(_NO_STORE)
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="fhir-ctms"'
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+def _html(body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status, headers=_PAGE_HEADERS)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The form fields (a repeated field is an error, RFC 6749 3.1)."""
+    form = await request.form()
+    out: dict[str, str] = {}
+    for key, value in form.multi_items():
+        if key in out:
+            raise OAuthError("invalid_request", f"{key} is repeated")
+        if not isinstance(value, str):
+            raise OAuthError("invalid_request", f"{key} must be a form field")
+        out[key] = value
+    return out
+
+
+def _csrf(request: Request) -> tuple[str, bool]:
+    """The browser's CSRF token, and whether it is new (so the cookie must be set)."""
+    token = request.cookies.get(CSRF_COOKIE)
+    if token and 20 <= len(token) <= 100:
+        return token, False
+    return secrets.token_urlsafe(32), True
+
+
+def _with_cookie(response: Response, request: Request, token: str, new: bool) -> Response:
+    if new:
+        response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="lax", path="/auth",
+                            secure=request.url.scheme == "https")
+    return response
+
+
+@router.get("/fhir/.well-known/smart-configuration")
+async def smart_config(request: Request) -> JSONResponse:
+    return JSONResponse(smart_configuration(_endpoints(request)), headers={"Cache-Control": "max-age=300"})
+
+
+@router.get("/fhir/.well-known/openid-configuration")
+async def openid_config(request: Request) -> JSONResponse:
+    alg = request.app.state.fhir.settings.auth_signing_alg
+    return JSONResponse(openid_configuration(_endpoints(request), alg), headers={"Cache-Control": "max-age=300"})
+
+
+@router.get("/auth/jwks")
+async def jwks(request: Request) -> JSONResponse:
+    return JSONResponse(await _server(request).ring.jwks(), headers={"Cache-Control": "max-age=60"})
+
+
+@router.api_route("/auth/authorize", methods=["GET", "POST"])
+async def authorize(request: Request) -> Response:
+    ep = _endpoints(request)
+    server = _server(request)
+    try:
+        if request.method == "POST":
+            params = await _form(request)
+        else:
+            params = {}
+            for key, value in request.query_params.multi_items():
+                if key in params:
+                    raise PageError(f"The parameter {key} is repeated.")
+                params[key] = value
+        pending = await server.begin(params, ep)
+    except flows.AuthorizeError as exc:
+        return RedirectResponse(exc.location(), status_code=303 if request.method == "POST" else 302)
+    except (PageError, OAuthError) as exc:
+        return _html(pages.error(str(exc) if isinstance(exc, PageError) else exc.description), 400)
+    csrf, new = _csrf(request)
+    ticket = await server.ticket(pending, csrf)
+    page = pages.login(ep.auth + "/login", ticket, csrf, pending.client_id)
+    return _with_cookie(_html(page), request, csrf, new)
+
+
+async def _ticket(request: Request, server: flows.AuthServer) -> tuple[dict[str, str], flows.Pending, str]:
+    form = await _form(request)
+    csrf = request.cookies.get(CSRF_COOKIE)
+    if not csrf or not secrets.compare_digest(form.get("csrf_token", ""), csrf):
+        raise PageError("The form was not sent by this browser (CSRF check failed): start again.")
+    return form, await server.read_ticket(form.get("ticket"), csrf), csrf
+
+
+@router.post("/auth/login")
+async def login(request: Request) -> Response:
+    ep = _endpoints(request)
+    server = _server(request)
+    try:
+        form, pending, csrf = await _ticket(request, server)
+    except (PageError, OAuthError) as exc:
+        return _html(pages.error(str(exc)), 400)
+    user = await server.login(form.get("username", ""), form.get("password", ""))
+    if user is None:
+        return _html(pages.login(ep.auth + "/login", form["ticket"], csrf, pending.client_id,
+                                 "Wrong username or password."), 401)
+    signed_in = flows.Pending(**{**pending.__dict__, "username": user.username})
+    ticket = await server.ticket(signed_in, csrf)
+    return _html(_consent(ep, signed_in, ticket, csrf, user.patients))
+
+
+def _consent(ep: Endpoints, pending: flows.Pending, ticket: str, csrf: str, patients: tuple[str, ...],
+             error: str | None = None) -> str:
+    scopes = str(pending.scopes).split()
+    return pages.consent(ep.auth + "/consent", ticket, csrf, pending.client_id, pending.username or "", scopes,
+                         patients if pending.needs_patient else None, error)
+
+
+@router.post("/auth/consent")
+async def consent(request: Request) -> Response:
+    ep = _endpoints(request)
+    server = _server(request)
+    try:
+        form, pending, csrf = await _ticket(request, server)
+        user = await server.store.user(pending.username or "")
+        if user is None:
+            raise PageError("Not signed in: start again from the application.")
+    except (PageError, OAuthError) as exc:
+        return _html(pages.error(str(exc)), 400)
+    if form.get("decision") != "allow":
+        return RedirectResponse(server.deny(pending), status_code=303)
+    try:
+        location = await server.approve(pending, user, form.get("patient"), ep)
+    except OAuthError as exc:
+        return _html(_consent(ep, pending, form["ticket"], csrf, user.patients, exc.description), 400)
+    return RedirectResponse(location, status_code=303)
+
+
+@router.post("/auth/token")
+async def token(request: Request) -> JSONResponse:
+    try:
+        body = await _server(request).token(await _form(request), request.headers.get("authorization"),
+                                            _endpoints(request))
+    except OAuthError as exc:
+        return _oauth_error(exc)
+    return JSONResponse(body, headers=_NO_STORE)
+
+
+@router.post("/auth/introspect")
+async def introspect(request: Request) -> JSONResponse:
+    try:
+        body = await _server(request).introspect(await _form(request), request.headers.get("authorization"),
+                                                 _endpoints(request))
+    except OAuthError as exc:
+        return _oauth_error(exc)
+    return JSONResponse(body, headers=_NO_STORE)
+
+
+@router.post("/auth/revoke")
+async def revoke(request: Request) -> Response:
+    try:
+        await _server(request).revoke(await _form(request), request.headers.get("authorization"),
+                                      _endpoints(request))
+    except OAuthError as exc:
+        return _oauth_error(exc)
+    return Response(status_code=200, headers=_NO_STORE)
+
+
+@router.post("/auth/launch")
+async def launch(request: Request) -> JSONResponse:
+    """The launch context as a JSON body (the client authenticating by HTTP Basic), or as the
+    form field ``context`` (JSON text) beside ``client_assertion_type`` and ``client_assertion``
+    (``private_key_jwt``) or ``client_id`` and ``client_secret``."""
+    try:
+        if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            form = await _form(request)
+            text = form.pop("context", "")
+        else:
+            form, text = {}, (await request.body()).decode("utf-8", "replace")
+        try:
+            body: Any = json.loads(text)
+        except ValueError as exc:
+            raise OAuthError("invalid_request", "the launch context must be a JSON object") from exc
+        out = await _server(request).create_launch(body, form, request.headers.get("authorization"),
+                                                   _endpoints(request))
+    except OAuthError as exc:
+        return _oauth_error(exc)
+    return JSONResponse(out, status_code=201, headers=_NO_STORE)

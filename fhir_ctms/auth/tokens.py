@@ -1,0 +1,112 @@
+"""The server's JWTs: access tokens (RFC 9068 ``at+jwt``), id tokens, and their verification.
+
+:func:`verify_access_token` is what a resource server calls (part 2 of issue 5): signature by
+``kid`` against the server's live keys (ES384/RS384 only, so ``alg: none`` or an HMAC made with
+a public key never verify), ``typ``, ``exp``, ``iss`` and ``aud``. It returns the grant as a
+plain :class:`AccessGrant`. Revocation (RFC 7009) is a database look-up on top:
+:func:`verify_access` does both.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from ..storage.auth_store import AuthStore
+from . import scopes as scope_parser
+from .keys import ALGORITHMS, KeyRing
+
+ACCESS_TYP = "at+jwt"
+#: clock skew tolerated on ``exp`` and ``iat``, seconds
+LEEWAY = 30
+
+
+class InvalidToken(Exception):
+    """A token that is not valid here: bad signature, unknown kid, expired, wrong iss/aud/typ."""
+
+
+@dataclass(frozen=True)
+class AccessGrant:
+    """What a valid access token grants."""
+    jti: str
+    client_id: str
+    subject: str
+    scopes: scope_parser.Scopes
+    scope: str                                  # as granted, space separated
+    expires: int
+    issued: int
+    patient: str | None = None
+    encounter: str | None = None
+    fhir_user: str | None = None
+    fhir_context: tuple[dict[str, Any], ...] = ()
+
+
+def sign(key: Any, kid: str, alg: str, claims: dict[str, Any], typ: str = "JWT") -> str:
+    return jwt.encode({"alg": alg, "kid": kid, "typ": typ}, claims, key, algorithms=list(ALGORITHMS))
+
+
+def decode(token: str, keys: KeySet, typ: str) -> dict[str, Any]:
+    """The claims of a JWT signed by one of ``keys`` with header ``typ``; ``exp`` checked."""
+    try:
+        decoded = jwt.decode(token, keys, algorithms=list(ALGORITHMS))
+    except (JoseError, ValueError, TypeError) as exc:
+        raise InvalidToken(f"not a valid token: {exc}") from exc
+    if decoded.header.get("typ") != typ:
+        raise InvalidToken(f"not a {typ} token")
+    claims = decoded.claims
+    exp = claims.get("exp")
+    if not isinstance(exp, int) or exp + LEEWAY < time.time():
+        raise InvalidToken("the token has expired")
+    return claims
+
+
+def kid_of(token: str) -> str | None:
+    try:
+        from joserfc.jws import extract_compact
+        return extract_compact(token.encode("ascii")).headers().get("kid")
+    except (JoseError, ValueError, UnicodeError):
+        return None
+
+
+def access_claims(*, issuer: str, audience: str, client_id: str, subject: str, scope: str, lifetime: int,
+                  context: dict[str, Any]) -> dict[str, Any]:
+    now = int(time.time())
+    claims: dict[str, Any] = {"iss": issuer, "aud": audience, "sub": subject, "client_id": client_id,
+                              "scope": scope, "iat": now, "exp": now + lifetime, "jti": uuid.uuid4().hex}
+    for name in ("patient", "encounter", "fhirUser", "fhirContext"):
+        if context.get(name):
+            claims[name] = context[name]
+    return claims
+
+
+def verify_access_token(token: str, keys: KeySet, *, issuer: str, audience: str) -> AccessGrant:
+    """The grant of a valid access token, or :class:`InvalidToken`."""
+    claims = decode(token, keys, ACCESS_TYP)
+    if claims.get("iss") != issuer:
+        raise InvalidToken("the token was issued by another server")
+    aud = claims.get("aud")
+    if aud != audience and not (isinstance(aud, list) and audience in aud):
+        raise InvalidToken("the token is for another audience")
+    scope = claims.get("scope")
+    if not isinstance(scope, str) or not isinstance(claims.get("jti"), str):
+        raise InvalidToken("the token has no scope or jti")
+    return AccessGrant(
+        jti=claims["jti"], client_id=str(claims.get("client_id", "")), subject=str(claims.get("sub", "")),
+        scopes=scope_parser.parse(scope), scope=scope, expires=claims["exp"], issued=int(claims.get("iat", 0)),
+        patient=claims.get("patient"), encounter=claims.get("encounter"), fhir_user=claims.get("fhirUser"),
+        fhir_context=tuple(claims.get("fhirContext") or ()))
+
+
+async def verify_access(token: str, ring: KeyRing, store: AuthStore, *, issuer: str,
+                        audience: str) -> AccessGrant:
+    """:func:`verify_access_token` with the server's keys, then refused if revoked."""
+    grant = verify_access_token(token, await ring.verifier(kid_of(token)), issuer=issuer, audience=audience)
+    if await store.access_revoked(grant.jti):
+        raise InvalidToken("the token was revoked")
+    return grant

@@ -376,7 +376,8 @@ class SqlRepository(Repository):
             raise
 
     async def close(self) -> None:
-        for inline in (self._reader, self._writer):
-            if inline is not None:
-                inline.close()
+        if self._writer is not None:
+            await self._writer.aclose()  # after its checkpoint, if one is running
+        if self._reader is not None:
+            self._reader.close()
         await self.engine.dispose()

@@ -104,6 +104,7 @@ class InlineWriter:
         self.checkpointing = False
         self.group: list[asyncio.Future[None]] = []  # sessions released, awaiting the COMMIT
         self.rows_since_checkpoint = 0
+        self.checkpoint_task: asyncio.Future[None] | None = None
 
     @asynccontextmanager
     async def session(self, make: Callable[[InlineConnection], Any]) -> AsyncIterator[Any]:
@@ -151,7 +152,7 @@ class InlineWriter:
         if self.rows_since_checkpoint >= self.checkpoint_rows and not self.checkpointing:
             self.rows_since_checkpoint = 0
             self.checkpointing = True
-            asyncio.ensure_future(self._checkpoint(conn))
+            self.checkpoint_task = asyncio.ensure_future(self._checkpoint(conn))
 
     def _commit(self, conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
@@ -219,6 +220,15 @@ class InlineWriter:
             self.checkpointing = False
             self.lock.release()
             self._commit_soon(conn)  # whoever holds the lock schedules the next COMMIT
+
+    async def aclose(self) -> None:
+        """Close once a running checkpoint is done: closing the connection while the worker
+        thread runs on it crashed the process (a segfault in ``fhir-ctms import`` at exit,
+        2 runs in 5 of tests/test_cli.py)."""
+        task = self.checkpoint_task
+        if task is not None and not task.done():
+            await asyncio.wait([task])
+        self.close()
 
     def close(self) -> None:
         self.connection.close()

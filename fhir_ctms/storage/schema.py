@@ -83,7 +83,7 @@ search_date = _search_table("search_date", {"low": BigInteger, "high": BigIntege
                             ("res_type", "param", "low", "high"))
 #: descending date sorts read in order (migration 0005)
 Index("ix_search_date_high", search_date.c.partition, search_date.c.res_type, search_date.c.param,
-      search_date.c.high, search_date.c.res_id)
+      search_date.c.high, search_date.c.res_id, search_date.c.low)
 search_number = _search_table("search_number", {"low": Float, "high": Float}, ("res_type", "param", "low", "high"))
 search_quantity = _search_table("search_quantity", {"system": SearchText, "code": SearchText, "low": Float, "high": Float},
                                 ("res_type", "param", "code", "low"))

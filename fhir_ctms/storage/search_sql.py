@@ -494,16 +494,33 @@ def search_sql(q: SearchQuery, partition: str, *, limit: int, after: Sequence[An
     select = F("SELECT r.partition, r.res_type, r.res_id")
     for n, (key, _) in enumerate(keys()[:-2]):
         select = select + ", " + key + f" AS k{n}"
+    # one type: its name is the same in every row, so it is left out of the keyset and the
+    # ORDER BY (PostgreSQL planned "type > ? OR (type = ? AND id > ?)" as a bitmap OR of two
+    # index scans and a sort of every later row: 1.2 s for page 101 of 196,000 subjects)
+    single = len(q.types) == 1
+
+    def used(pairs: list[tuple[F, bool]]) -> list[int]:
+        return [m for m in range(len(pairs)) if not (single and m == len(pairs) - 2)]
     if after is not None:
-        ors = []
-        for n in range(len(after)):
-            ands = []
-            for m, (key, desc) in enumerate(keys()[:n + 1]):
-                op = "=" if m < n else ("<" if desc != backwards else ">")
-                ands.append(key + f" {op} " + v(after[m]))
-            ors.append("(" + join(" AND ", ands) + ")")
-        where.append("(" + join(" OR ", ors) + ")")
-    order = join(", ", (key + (" DESC" if desc != backwards else " ASC") for key, desc in keys()))
+        pairs = keys()
+        ms = used(pairs)
+        if len({pairs[m][1] for m in ms}) == 1:
+            # every key in one direction: one row-value comparison, an index range on both databases
+            op = "<" if pairs[ms[0]][1] != backwards else ">"
+            where.append("(" + join(", ", (pairs[m][0] for m in ms)) + f") {op} ("
+                         + join(", ", (v(after[m]) for m in ms)) + ")")
+        else:
+            ors = []
+            for n in ms:
+                pairs = keys()
+                ands = []
+                for m in [m for m in ms if m <= n]:
+                    op = "=" if m < n else ("<" if pairs[m][1] != backwards else ">")
+                    ands.append(pairs[m][0] + f" {op} " + v(after[m]))
+                ors.append("(" + join(" AND ", ands) + ")")
+            where.append("(" + join(" OR ", ors) + ")")
+    pairs = keys()
+    order = join(", ", (pairs[m][0] + (" DESC" if pairs[m][1] != backwards else " ASC") for m in used(pairs)))
     page = (select + " FROM " + source + " WHERE " + join(" AND ", where) + " ORDER BY " + order
             + " LIMIT " + v(limit))
     ks = [f"p.k{n}" for n in range(len(q.sort))]

@@ -18,7 +18,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_search_date_high", "search_date", ["partition", "res_type", "param", "high", "res_id"])
+    # low last: ge/le probes filter on it without reading the table (PostgreSQL otherwise
+    # preferred the lookup index and scanned it from the start: 18 ms, 0.9 ms with low here)
+    op.create_index("ix_search_date_high", "search_date", ["partition", "res_type", "param", "high", "res_id", "low"])
 
 
 def downgrade() -> None:

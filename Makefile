@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh Debian machine with Python 3.11+:
 #   make run   - virtual environment, install, SQLite database, example study, serve on 127.0.0.1:8080
+#                (serve --dev: no authorization, so no token is needed)
 #   make test  - test dependencies, Debian's chromium (browser tests), a throwaway PostgreSQL server,
 #                the whole suite on SQLite AND PostgreSQL
 PYTHON ?= python3
@@ -30,7 +31,7 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(BIN)/fhir-ctms db upgrade
 	$(BIN)/fhir-ctms import --quiet examples/*.json
-	$(BIN)/fhir-ctms serve --host $(HOST) --port $(PORT)
+	$(BIN)/fhir-ctms serve --dev --host $(HOST) --port $(PORT)
 
 test: install-test
 	scripts/ensure-chromium

@@ -35,9 +35,21 @@ def _repo():
 def serve(host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
           workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
-          log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info") -> None:
-    """Serve the FHIR API at http://HOST:PORT/fhir (migrating the database first)."""
+          log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+          dev: Annotated[bool, typer.Option("--dev", help="Development: no authorization (the FHIR API "
+                                                          "answers requests without a token).")] = False) -> None:
+    """Serve the FHIR API at http://HOST:PORT/fhir (migrating the database first).
+
+    Every FHIR request needs a SMART bearer token (FHIR_CTMS_AUTH_ENABLED defaults to true here;
+    /metadata and /fhir/.well-known stay public), unless --dev turns authorization off."""
+    import os
+
     import uvicorn
+    if dev:
+        os.environ["FHIR_CTMS_AUTH_ENABLED"] = "false"
+    else:
+        os.environ.setdefault("FHIR_CTMS_AUTH_ENABLED", "true")
+    get_settings.cache_clear()
     uvicorn.run("fhir_ctms.api.asgi:app", host=host, port=port, workers=workers, log_level=log_level)
 
 

@@ -31,9 +31,11 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
 
     # -- SMART App Launch authorization server (fhir_ctms/auth) --------------------------------
-    #: Advertise SMART on FHIR security in the CapabilityStatement (and, from part 2 of issue 5 on,
-    #: require bearer tokens). The authorization endpoints (/auth/...) and
-    #: /fhir/.well-known/smart-configuration are served either way.
+    #: Require a SMART bearer token on every FHIR request but /metadata (401 without one, 403 when
+    #: its scopes do not cover the request) and advertise SMART on FHIR security in the
+    #: CapabilityStatement. Off by default for the library and the tests; ``fhir-ctms serve``
+    #: turns it on unless ``--dev`` (or this variable set to false). The authorization endpoints
+    #: (/auth/...) and /fhir/.well-known/smart-configuration are served either way.
     auth_enabled: bool = False
     #: Lifetimes in seconds: access tokens (and id tokens), authorization codes, EHR launch
     #: handles, refresh tokens for ``offline_access`` and for ``online_access``.

@@ -75,8 +75,8 @@ async def test_discovery_and_capability_statement(smart):
     assert uris == {"authorize": AUTH + "/authorize", "token": TOKEN, "revoke": AUTH + "/revoke",
                     "introspect": AUTH + "/introspect"}
     assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
-    # the FHIR API is untouched by the route
-    assert (await http.get("/Patient")).status_code == 200
+    # with auth enabled the FHIR API needs a token (tests/test_smart_access.py), /metadata does not
+    assert (await http.get("/Patient")).status_code == 401
 
 
 async def test_capability_statement_without_auth_has_no_security(repo):

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 
 
 from ..audit.records import Actor
+from ..auth.tokens import AccessGrant
 from ..config import Settings
 from ..errors import BadRequest, PayloadTooLarge
 from ..interactions.context import Context, FhirRequest, FhirResponse, etag, http_date
@@ -109,12 +110,25 @@ def form_params(body: bytes) -> tuple[tuple[str, str], ...]:
         raise BadRequest("The form body is not UTF-8") from exc
 
 
-def context(inc: Incoming, repo: Repository, settings: Settings) -> Context:
+def context(inc: Incoming, repo: Repository, settings: Settings, grant: AccessGrant | None = None) -> Context:
     reason = inc.headers.get("x-reason")
     if reason is not None and len(reason) > 1024:
         raise BadRequest("X-Reason is limited to 1024 characters")
-    return Context(repo=repo, settings=settings, base=inc.base, actor=Actor(address=inc.client),
-                   reason=reason or None)
+    return Context(repo=repo, settings=settings, base=inc.base, actor=actor(inc, grant),
+                   reason=reason or None, access=grant)
+
+
+def actor(inc: Incoming, grant: AccessGrant | None) -> Actor:
+    """Who acts: the token's user (``fhirUser`` as a reference relative to this server when it is
+    on it, the token's subject as display) and client, from the network address; anonymous
+    without a token. A backend service (no user) is its client."""
+    if grant is None:
+        return Actor(address=inc.client)
+    reference = grant.fhir_user
+    if reference and reference.startswith(inc.base + "/"):
+        reference = reference[len(inc.base) + 1:]
+    return Actor(display=grant.subject or grant.client_id, reference=reference or None, address=inc.client,
+                 client=grant.client_id or None)
 
 
 def fhir_request(inc: Incoming, match: Match, body: bytes = b"",

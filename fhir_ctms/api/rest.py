@@ -3,14 +3,17 @@
 One request: route the method and path through the table in
 ``fhir_ctms.interactions.router`` (404, 405 with ``Allow``), negotiate the
 response type (406), check and read the body (415, 413), run the interaction,
-render the result. Any exception ends at :func:`boundary.error_response`.
+render the result. Any exception ends at :func:`boundary.error_response`. With ``auth_enabled``
+every request but ``/metadata`` needs a bearer token (401 otherwise), verified here into an
+``AccessGrant`` on the interaction's ``Context``; its scopes are enforced below, in
+``interactions/access.py``.
 
 Why not FastAPI routes here: measured on this machine (BENCHMARKS.md), the
 framework's routing, request objects, dependency solving and response classes
 cost more per read-by-id than the interaction and the database together
 (FHIR reads bodies, parameters and headers by its own rules, so the framework
 had nothing to validate). FastAPI still serves everything else (``/openapi.json``,
-``/docs``, and the authorization endpoints to come).
+``/docs``, and the authorization endpoints, ``api/smart.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..auth.tokens import AccessGrant, InvalidToken, verify_access
 from ..config import Settings
+from ..errors import Unauthorized
 from ..interactions import bundle
 from ..interactions.router import FORM, PATCH, route
 from ..interactions.table import perform
@@ -36,11 +41,51 @@ _RESOURCE_TYPES = (FHIR_JSON, "application/json")
 
 
 class State:
-    """What every request needs: the settings and the repository (set at startup)."""
+    """What every request needs: the settings and the repository (set at startup), and the
+    authorization server (its keys and store: token verification here, the endpoints in
+    ``api/smart.py``)."""
 
     def __init__(self, settings: Settings, repo: Repository | None) -> None:
         self.settings = settings
         self.repo = repo
+        self._auth: Any = None
+
+    @property
+    def auth(self) -> Any:
+        """The ``auth.flows.AuthServer`` on the repository's engine (made on first use)."""
+        from ..auth.flows import AuthServer
+        from ..storage.auth_store import AuthStore
+        engine = self.repo.engine  # type: ignore[union-attr]
+        if self._auth is None or self._auth.store.engine is not engine:
+            self._auth = AuthServer(AuthStore(engine), self.settings)
+        return self._auth
+
+
+_REALM = 'Bearer realm="fhir-ctms"'
+
+
+def _challenge(error: str, description: str) -> dict[str, str]:
+    text = description.replace("\\", "").replace('"', "'")
+    return {"WWW-Authenticate": f'{_REALM}, error="{error}", error_description="{text}"'}
+
+
+async def authenticate(state: State, authorization: str | None, base: str) -> AccessGrant:
+    """The grant of the request's bearer token (RFC 6750), or 401 with a ``WWW-Authenticate``
+    challenge: none without a token, ``invalid_request`` for another scheme, ``invalid_token``
+    for one that does not verify (signature by kid, exp, iss and aud = the FHIR base, revocation)."""
+    if not authorization:
+        raise Unauthorized("This server requires a bearer token (SMART App Launch): see "
+                           f"{base}/.well-known/smart-configuration", headers={"WWW-Authenticate": _REALM})
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        raise Unauthorized("The Authorization header must be 'Bearer <access token>'",
+                           headers=_challenge("invalid_request", "Bearer token expected"))
+    server = state.auth
+    try:
+        return await verify_access(token, server.ring, server.store, issuer=base, audience=base)
+    except InvalidToken as exc:
+        raise Unauthorized(f"Invalid access token: {exc}", headers=_challenge("invalid_token", str(exc))) from exc
 
 
 class FhirRest:
@@ -65,6 +110,9 @@ class FhirRest:
         settings, repo = self.state.settings, self.state.repo
         inc = incoming(scope, self.prefix, settings)
         match = route(inc.method, inc.segments)
+        grant = None
+        if settings.auth_enabled and match.interaction != "capabilities":  # /metadata stays public
+            grant = await authenticate(self.state, inc.headers.get("authorization"), inc.base)
         media = response_type(inc.param("_format"), inc.headers.get("accept"))
         body, params = b"", None
         kind = match.route.bodies.get(inc.method)
@@ -74,7 +122,7 @@ class FhirRest:
             if checked == FORM_TYPE:
                 params, body = inc.params + form_params(body), b""
         req = fhir_request(inc, match, body, params)
-        ctx = context(inc, repo, settings)
+        ctx = context(inc, repo, settings, grant)
         if match.interaction == "bundle":
             # Prefer: return applies to the entries (bundle.process), not to the response Bundle
             res = await bundle.process(req, ctx)

@@ -29,7 +29,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from ..auth import flows
 from ..auth.discovery import Endpoints, openid_configuration, smart_configuration
 from ..auth.errors import OAuthError, PageError
-from ..storage.auth_store import AuthStore
 from . import smart_pages as pages
 
 CSRF_COOKIE = "fhir_ctms_csrf"
@@ -42,13 +41,8 @@ router = APIRouter(include_in_schema=False)
 
 
 def _server(request: Request) -> flows.AuthServer:
-    web = request.app
-    server = getattr(web.state, "auth_server", None)
-    state = web.state.fhir
-    if server is None or server.store.engine is not state.repo.engine:
-        server = flows.AuthServer(AuthStore(state.repo.engine), state.settings)
-        web.state.auth_server = server
-    return server
+    """The authorization server, shared with the FHIR app (which verifies tokens with its keys)."""
+    return request.app.state.fhir.auth
 
 
 def _endpoints(request: Request) -> Endpoints:

@@ -35,17 +35,25 @@ _ACTIVITY = {"create": ("CREATE", "C"), "update": ("UPDATE", "U"), "patch": ("UP
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who made a change: the authenticated user or client (anonymous until SMART exists)."""
+    """Who made a change: the user of the access token (its ``fhirUser`` as ``reference``, its
+    subject as ``display``), the OAuth client it acts through, and the network address;
+    "anonymous" when the server runs without authorization."""
 
     display: str = "anonymous"
     reference: str | None = None
     address: str | None = None
+    #: the OAuth client id (None: no token)
+    client: str | None = None
 
     def as_reference(self) -> dict[str, str]:
         ref = {"display": self.display}
         if self.reference:
             ref["reference"] = self.reference
         return ref
+
+    def client_reference(self) -> dict[str, str]:
+        """The client application (AuditEvent's "Source Role ID" agent)."""
+        return {"display": self.client} if self.client else self.as_reference()
 
 
 def provenance(target: str, interaction: str, recorded: str, actor: Actor, reason: str,
@@ -73,7 +81,7 @@ def audit_event(target: str, interaction: str, recorded: str, actor: Actor, reas
              "who": actor.as_reference(), "requestor": True}
     client: dict[str, Any] = {
         "type": {"coding": [{"system": DICOM, "code": "110153", "display": "Source Role ID"}]},
-        "who": actor.as_reference(), "requestor": False}
+        "who": actor.client_reference(), "requestor": False}
     if actor.address:
         client["networkString"] = actor.address
     server = {"type": {"coding": [{"system": DICOM, "code": "110152", "display": "Destination Role ID"}]},

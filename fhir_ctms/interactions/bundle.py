@@ -28,7 +28,7 @@ from ..resources.json import loads
 from ..search.parse import parse
 from ..search.unsaved import matches_unsaved
 from ..storage.repository import Session
-from . import references
+from . import access, references
 from .bundles import bundle
 from .common import match_conditional, require_type, single_match
 from .context import Context, FhirRequest, FhirResponse, etag, instant, now_us
@@ -144,9 +144,10 @@ async def _resolve(entries: list[Entry], ctx: Context, s: Session) -> tuple[dict
                     if key in creates:
                         raise BadRequest(f"Two entries create {key} conditionally: make them one")
                     creates.add(key)
-                    existing = single_match(await match_conditional(s, rtype, criteria, what="ifNoneExist"),
-                                            "ifNoneExist")
+                    existing = single_match(await match_conditional(access.wrap(ctx, req, s), rtype, criteria,
+                                                                    what="ifNoneExist"), "ifNoneExist")
                 if existing is not None:
+                    await access.require_read(ctx, s, existing)  # returned: the token must be allowed to read it
                     answered[e.index] = FhirResponse(200, raw=existing.content, stored=existing)
                     rid = existing.id
                 else:
@@ -155,7 +156,8 @@ async def _resolve(entries: list[Entry], ctx: Context, s: Session) -> tuple[dict
                     e.request = replace(req, id=rid, headers=headers)
             elif req.method in ("PUT", "PATCH", "DELETE") and req.id is None:
                 rtype = require_type(req.type)
-                match = single_match(await match_conditional(s, rtype, req.query, what="Conditional " + req.method),
+                match = single_match(await match_conditional(access.wrap(ctx, req, s), rtype, req.query,
+                                                             what="Conditional " + req.method),
                                      "Conditional " + req.method)
                 if match is None and req.method == "PUT":
                     body_id = (req.resource or {}).get("id")
@@ -181,7 +183,8 @@ async def _resolve(entries: list[Entry], ctx: Context, s: Session) -> tuple[dict
 
 
 async def _resolve_conditional_references(entries: list[Entry], s: Session, ids: dict[str, str]) -> None:
-    """Each ``Type?criteria`` reference must match exactly one resource, stored or in the Bundle."""
+    """Each ``Type?criteria`` reference must match exactly one resource, stored or in the Bundle
+    (``s`` guarded as a search when a token applies)."""
     written = [(e.request.type, e.request.id, e.request.resource) for e in entries
                if e.request.method in ("POST", "PUT") and isinstance(e.request.resource, dict)]
     for e in entries:
@@ -204,9 +207,14 @@ async def _resolve_conditional_references(entries: list[Entry], s: Session, ids:
 
 async def transaction(body: dict[str, Any], ctx: Context, prefer: str) -> FhirResponse:
     entries = _entries(body, ctx)
+    for e in entries:  # an entry the token does not permit fails the whole transaction, before any work
+        try:
+            access.guard(e.request, ctx)
+        except FhirError as exc:
+            raise _at(exc, e.index) from exc
     async with ctx.repo.session(write=True) as s:
         ids, results = await _resolve(entries, ctx, s)
-        await _resolve_conditional_references(entries, s, ids)
+        await _resolve_conditional_references(entries, access.wrap(ctx, None, s), ids)
         for e in entries:
             if e.request.resource is not None and e.request.method in ("POST", "PUT"):
                 dangling = references.rewrite(e.request.resource, e.full_url, ids)

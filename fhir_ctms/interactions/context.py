@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..audit.records import Actor
 from ..config import Settings
 from ..storage.repository import Repository, Stored
+
+if TYPE_CHECKING:
+    from ..auth.tokens import AccessGrant
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,9 @@ class Context:
     actor: Actor = field(default_factory=Actor)
     #: why the change is made (``X-Reason``), recorded in Provenance and AuditEvent
     reason: str | None = None
+    #: what the request's bearer token grants (``api/rest.py`` verifies it when ``auth_enabled``);
+    #: None: no token applies (auth off) and nothing is restricted (``interactions/access.py``)
+    access: "AccessGrant | None" = None
 
 
 def now_us() -> int:

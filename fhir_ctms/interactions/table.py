@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .. import operations
 from ..storage.repository import Session
+from . import access
 from .context import Context, FhirRequest, FhirResponse
 from .capabilities import capabilities
 from . import create as create_, update as update_
@@ -61,11 +62,21 @@ INTERACTIONS: dict[str, Interaction] = {
 
 
 async def perform(req: FhirRequest, ctx: Context, s: Session | None = None) -> FhirResponse:
-    """Run one interaction in ``s``, or in a session of its own."""
+    """Run one interaction in ``s``, or in a session of its own.
+
+    With an access token (``ctx.access``) the interaction runs under its guard
+    (``interactions/access.py``): 403 when the token's scopes do not grant it, and a session
+    that lets through only what they cover; what it writes is checked before the transaction
+    ends."""
     spec = INTERACTIONS[req.interaction]
+    guard = access.guard(req, ctx)
     if s is not None or spec.level == "operation":
-        return await spec.handler(req, ctx, s)
+        if guard is None or s is None:
+            return await spec.handler(req, ctx, s)
+        return await guard.run(spec.handler, req, ctx, s)
     if spec.prepare is not None:
         req = spec.prepare(req)
     async with ctx.repo.session(write=spec.writes) as own:
-        return await spec.handler(req, ctx, own)
+        if guard is None:
+            return await spec.handler(req, ctx, own)
+        return await guard.run(spec.handler, req, ctx, own)

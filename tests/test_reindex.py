@@ -341,3 +341,30 @@ async def test_malformed_operation_bodies_are_400(client, body):
     r = await client.post("/$reindex", content=body, headers={"content-type": "application/fhir+json"})
     assert r.status_code == 400, r.text
     assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_reindexed_search_parameter_stays_active_after_a_restart(live_server):
+    """A SearchParameter made active by $reindex is loaded again when a server starts: after a
+    restart it is still searchable, in the CapabilityStatement, and maintained by new writes."""
+    import httpx
+
+    server = live_server()
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for p in (_patient("p1", "Jeannot"), _patient("p2", "Bob")):
+            assert http.put(f"/Patient/{p['id']}", json=p).status_code == 201
+        assert http.put("/SearchParameter/Patient-nickname", json=_nickname()).status_code == 201
+        assert http.post("/$reindex").status_code == 200
+    server.stop()
+
+    restarted = live_server(database_url=server.database_url)
+    with httpx.Client(base_url=restarted.url, timeout=30) as http:
+        def ids(query: str) -> list[str]:
+            r = http.get(query, headers={"prefer": "handling=strict"})
+            assert r.status_code == 200, r.text
+            return sorted(e["resource"]["id"] for e in r.json().get("entry", []) if e["search"]["mode"] == "match")
+        assert ids("/Patient?nickname=jean") == ["p1"]
+        patient = next(r for r in http.get("/metadata").json()["rest"][0]["resource"] if r["type"] == "Patient")
+        assert "nickname" in {p["name"] for p in patient["searchParam"]}
+        # a write after the restart keeps the parameter's index rows
+        assert http.put("/Patient/p3", json=_patient("p3", "Jeanne")).status_code == 201
+        assert ids("/Patient?nickname=jean") == ["p1", "p3"]

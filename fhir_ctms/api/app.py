@@ -7,6 +7,7 @@ opened (and migrated) at startup unless one is given.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,11 +16,14 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..config import Settings, get_settings
+from ..operations.reindex import load_stored
 from ..storage.migrate import upgrade
 from ..storage.repository import Repository
 from ..storage.sql import SqlRepository
 from . import boundary, openapi, smart
 from .rest import FhirRest, State
+
+log = logging.getLogger("fhir_ctms")
 
 PREFIX = "/fhir"
 #: under /fhir but served by FastAPI: SMART discovery (api/smart.py)
@@ -58,6 +62,12 @@ def create_app(settings: Settings | None = None, repo: Repository | None = None,
             if migrate:
                 await upgrade(own.engine)
             state.repo = own
+        # SearchParameters created through the API and made active by $reindex stay active
+        # across restarts (and in every worker): without this, writes after a restart would
+        # stop maintaining their index rows
+        loaded, failed = await load_stored(state.repo)
+        for url, why in failed:
+            log.warning("stored SearchParameter %s not loaded: %s", url, why)
         try:
             yield
         finally:

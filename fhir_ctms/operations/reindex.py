@@ -38,7 +38,7 @@ from ..search import parameters
 from ..search.index import index_rows
 from ..search.parse import parse
 from ..search.query import SearchQuery
-from ..storage.repository import Session, Stored
+from ..storage.repository import Repository, Session, Stored
 
 DEFAULT_BATCH, MAX_BATCH = 500, 5000
 _INPUTS = {"url", "batchSize"}
@@ -125,11 +125,26 @@ def _custom_count() -> int:
     return sum(1 for p in parameters.all_params() if p.custom)
 
 
+async def load_stored(repo: Repository) -> tuple[int, list[tuple[str, str]]]:
+    """At startup: the stored active SearchParameters become the custom parameters again (as
+    ``$reindex`` left them), so that writes keep their index rows current and searches find
+    them after a restart, in every worker process. Returns (parameters loaded, failures)."""
+    loaded, failed = parameters.reload(await _stored_search_parameters_of(repo))
+    if loaded or failed:
+        from ..interactions.capabilities import capability_statement
+        capability_statement.cache_clear()
+    return len(loaded), failed
+
+
 async def _stored_search_parameters(ctx: Context) -> list[dict[str, Any]]:
+    return await _stored_search_parameters_of(ctx.repo)
+
+
+async def _stored_search_parameters_of(repo: Repository) -> list[dict[str, Any]]:
     q = parse(("SearchParameter",), [("status", "active")], strict=True)
     out: list[dict[str, Any]] = []
     after = None
-    async with ctx.repo.session(write=False) as s:
+    async with repo.session(write=False) as s:
         while True:
             rows = await s.search(q, limit=DEFAULT_BATCH, after=after)
             out += [loads(st.content) for st, _ in rows if st.content is not None]

@@ -6,7 +6,9 @@ response type (406), check and read the body (415, 413), run the interaction,
 render the result. Any exception ends at :func:`boundary.error_response`. With ``auth_enabled``
 every request but ``/metadata`` needs a bearer token (401 otherwise), verified here into an
 ``AccessGrant`` on the interaction's ``Context``; its scopes are enforced below, in
-``interactions/access.py``.
+``interactions/access.py``. Each 401, and each 403 (noted on the ``Context`` by
+``interactions/access.py``), is audited here (``audit.records.security_event``), in a write
+transaction of its own once the request's sessions have ended.
 
 Why not FastAPI routes here: measured on this machine (BENCHMARKS.md), the
 framework's routing, request objects, dependency solving and response classes
@@ -21,16 +23,21 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..auth.tokens import AccessGrant, InvalidToken, verify_access
+from ..audit import records
+from ..audit.records import Actor
+from ..auth.tokens import AccessGrant, InvalidToken, claimed, verify_access
 from ..config import Settings
-from ..errors import Unauthorized
+from ..errors import Forbidden, Unauthorized
 from ..interactions import bundle
+from ..interactions.access import note_denial
+from ..interactions.context import Context, instant, now_us
+from ..interactions.persist import record_security_event
 from ..interactions.router import FORM, PATCH, route
 from ..interactions.table import perform
 from ..search.parameters import resource_types
 from ..storage.repository import Repository
 from . import boundary
-from .http import ClientGone, Outgoing, context, fhir_request, form_params, incoming, read_body, render
+from .http import ClientGone, Incoming, Outgoing, context, fhir_request, form_params, incoming, read_body, render
 from .negotiation import FHIR_JSON, JSON_PATCH, check_body_type, response_type
 from .negotiation import FORM as FORM_TYPE
 
@@ -112,7 +119,11 @@ class FhirRest:
         match = route(inc.method, inc.segments)
         grant = None
         if settings.auth_enabled and match.interaction != "capabilities":  # /metadata stays public
-            grant = await authenticate(self.state, inc.headers.get("authorization"), inc.base)
+            try:
+                grant = await authenticate(self.state, inc.headers.get("authorization"), inc.base)
+            except Unauthorized as exc:
+                await self._audit_failed_authentication(inc, exc)
+                raise
         media = response_type(inc.param("_format"), inc.headers.get("accept"))
         body, params = b"", None
         kind = match.route.bodies.get(inc.method)
@@ -123,9 +134,52 @@ class FhirRest:
                 params, body = inc.params + form_params(body), b""
         req = fhir_request(inc, match, body, params)
         ctx = context(inc, repo, settings, grant)
-        if match.interaction == "bundle":
-            # Prefer: return applies to the entries (bundle.process), not to the response Bundle
-            res = await bundle.process(req, ctx)
-        else:
-            res = await perform(req, ctx)
+        try:
+            if match.interaction == "bundle":
+                # Prefer: return applies to the entries (bundle.process), not to the response Bundle
+                res = await bundle.process(req, ctx)
+            else:
+                res = await perform(req, ctx)
+        except Forbidden as exc:
+            note_denial(ctx, req, exc)  # one the layers below did not note (a transaction's conditional match)
+            raise
+        finally:
+            if ctx.denials:  # every session of the request has ended (a refused write rolled back)
+                await self._audit_denials(ctx)
         return render(inc, req, res, media)
+
+    # -- the audit records of refusals (audit.records.security_event) ------------------------------
+
+    async def _audit_failed_authentication(self, inc: Incoming, exc: Unauthorized) -> None:
+        """A 401: the AuditEvent names the user and client the token claims (unverified), the
+        network address and the request; written in its own transaction, never failing the 401."""
+        settings = self.state.settings
+        sub, client = claimed(_bearer(inc.headers.get("authorization")))
+        who = Actor(display=sub or "anonymous", address=inc.client, client=client)
+        ts = now_us()
+        detail = exc.diagnostics + (" (user and client as claimed by the unverified token)" if sub or client else "")
+        record = records.security_event("authentication", instant(ts), who, detail, settings.source_name,
+                                         request=f"{inc.method} {self.prefix}/{'/'.join(inc.segments)}")
+        await record_security_event(self.state.repo, record, ts)
+
+    async def _audit_denials(self, ctx: Context) -> None:
+        """One AuditEvent per 403 of the request: the token's user and client, the address, the
+        resource (or type) and the interaction asked for."""
+        for req, text in ctx.denials:
+            instance = req.id is not None and req.compartment is None and (
+                req.interaction in _INSTANCE or req.interaction == "operation")
+            target = f"{req.type}/{req.id}" if instance and req.type else req.type
+            interaction = f"operation ${req.operation}" if req.interaction == "operation" else req.interaction
+            ts = now_us()
+            record = records.security_event("denial", instant(ts), ctx.actor, text, ctx.settings.source_name,
+                                             interaction=interaction, target=target)
+            await record_security_event(ctx.repo, record, ts)
+        ctx.denials.clear()
+
+
+_INSTANCE = frozenset({"read", "vread", "update", "patch", "delete", "history-instance"})
+
+
+def _bearer(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None

@@ -13,6 +13,10 @@
 | ``GET /auth/jwks`` | the server's public keys |
 | ``POST /auth/launch`` | an EHR (confidential client allowed ``fhir-ctms/launch``) gets a launch handle for a JSON context |
 
+A wrong username or password at ``/auth/login``, and an ``invalid_client`` or ``invalid_grant``
+at the endpoints where clients authenticate, are audited (an AuditEvent per failure, written as
+the FHIR API's refusals are: ``audit.records.security_event``).
+
 The browser forms are protected against CSRF by a double-submit cookie (``SameSite=Lax``,
 ``HttpOnly``): each form carries the cookie's value, and the signed ticket is bound to it.
 """
@@ -26,9 +30,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from ..audit import records
+from ..audit.records import Actor
 from ..auth import flows
+from ..auth.clients import credentials
 from ..auth.discovery import Endpoints, openid_configuration, smart_configuration
 from ..auth.errors import OAuthError, PageError
+from ..auth.tokens import claimed
+from ..interactions.context import instant, now_us
+from ..interactions.persist import record_security_event
 from . import smart_pages as pages
 
 CSRF_COOKIE = "fhir_ctms_csrf"
@@ -154,6 +164,8 @@ async def login(request: Request) -> Response:
         return _html(pages.error(str(exc)), 400)
     user = await server.login(form.get("username", ""), form.get("password", ""))
     if user is None:
+        await _audit_failure(request, form.get("username") or None, pending.client_id,
+                             "Login failed at /auth/login: wrong username or password")
         return _html(pages.login(ep.auth + "/login", form["ticket"], csrf, pending.client_id,
                                  "Wrong username or password."), 401)
     signed_in = flows.Pending(**{**pending.__dict__, "username": user.username})
@@ -188,33 +200,66 @@ async def consent(request: Request) -> Response:
     return RedirectResponse(location, status_code=303)
 
 
+#: the OAuth errors that are failed authentications (of the client, or of the grant it presents)
+AUDITED_ERRORS = frozenset({"invalid_client", "invalid_grant"})
+
+
+async def _audit_failure(request: Request, user: str | None, client: str | None, detail: str) -> None:
+    """The AuditEvent of a failed authentication at the authorization server (the claimed user
+    and client, the network address; ``audit.records.security_event``), in its own write
+    transaction; a failure to write it is logged, never the answer."""
+    state = request.app.state.fhir
+    who = Actor(display=(user or client or "anonymous")[:128], address=request.client.host if request.client else None,
+                client=client[:128] if client else None)
+    ts = now_us()
+    record = records.security_event("authentication", instant(ts), who, detail, state.settings.source_name,
+                                    auth_server=True)
+    await record_security_event(state.repo, record, ts)
+
+
+async def _refused(request: Request, exc: OAuthError, form: dict[str, str]) -> JSONResponse:
+    """The OAuth error response; a failed client or grant authentication is audited first."""
+    if exc.error in AUDITED_ERRORS:
+        try:
+            creds = credentials(form, request.headers.get("authorization"))
+            client = creds.client_id or claimed(creds.assertion)[0]
+        except OAuthError:
+            client = form.get("client_id")
+        await _audit_failure(request, None, client,
+                             f"{request.url.path}: {exc.error}: {exc.description}"[:1024])
+    return _oauth_error(exc)
+
+
 @router.post("/auth/token")
 async def token(request: Request) -> JSONResponse:
+    form: dict[str, str] = {}
     try:
-        body = await _server(request).token(await _form(request), request.headers.get("authorization"),
-                                            _endpoints(request))
+        form = await _form(request)
+        body = await _server(request).token(form, request.headers.get("authorization"), _endpoints(request))
     except OAuthError as exc:
-        return _oauth_error(exc)
+        return await _refused(request, exc, form)
     return JSONResponse(body, headers=_NO_STORE)
 
 
 @router.post("/auth/introspect")
 async def introspect(request: Request) -> JSONResponse:
+    form: dict[str, str] = {}
     try:
-        body = await _server(request).introspect(await _form(request), request.headers.get("authorization"),
-                                                 _endpoints(request))
+        form = await _form(request)
+        body = await _server(request).introspect(form, request.headers.get("authorization"), _endpoints(request))
     except OAuthError as exc:
-        return _oauth_error(exc)
+        return await _refused(request, exc, form)
     return JSONResponse(body, headers=_NO_STORE)
 
 
 @router.post("/auth/revoke")
 async def revoke(request: Request) -> Response:
+    form: dict[str, str] = {}
     try:
-        await _server(request).revoke(await _form(request), request.headers.get("authorization"),
-                                      _endpoints(request))
+        form = await _form(request)
+        await _server(request).revoke(form, request.headers.get("authorization"), _endpoints(request))
     except OAuthError as exc:
-        return _oauth_error(exc)
+        return await _refused(request, exc, form)
     return Response(status_code=200, headers=_NO_STORE)
 
 
@@ -223,6 +268,7 @@ async def launch(request: Request) -> JSONResponse:
     """The launch context as a JSON body (the client authenticating by HTTP Basic), or as the
     form field ``context`` (JSON text) beside ``client_assertion_type`` and ``client_assertion``
     (``private_key_jwt``) or ``client_id`` and ``client_secret``."""
+    form: dict[str, str] = {}
     try:
         if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
             form = await _form(request)
@@ -236,5 +282,5 @@ async def launch(request: Request) -> JSONResponse:
         out = await _server(request).create_launch(body, form, request.headers.get("authorization"),
                                                    _endpoints(request))
     except OAuthError as exc:
-        return _oauth_error(exc)
+        return await _refused(request, exc, form)
     return JSONResponse(out, status_code=201, headers=_NO_STORE)

@@ -9,6 +9,28 @@
   requestor, the client as DICOM "Source Role ID" with its network address, the
   server as "Destination Role ID"), the server as source, the versioned reference as entity (role: domain resource),
   the reason as ``authorization``.
+
+Security events (no change, so no Provenance; :func:`security_event`) are AuditEvents after
+BALP's authorization-decision pattern (``IHE.BasicAudit.AuthZconsent``) and the DICOM "User
+Authentication" event (the FHIR ``audit-event-example-login``), R4 ``type``/``subtype`` becoming
+R5 ``category``/``code``:
+
+| event | category (DCM) | code | action | outcome |
+|---|---|---|---|---|
+| 401 at the FHIR API (no, malformed or unverifiable bearer token) | 110114 User Authentication | DCM 110122 Login | E | 4 Minor failure |
+| failed login at ``/auth/login`` (wrong username or password) | 110114 User Authentication | DCM 110122 Login | E | 4 Minor failure |
+| failed client authentication or grant at ``/auth/token`` and the other client-authenticated endpoints (``invalid_client``, ``invalid_grant``) | 110114 User Authentication | DCM 110122 Login | E | 4 Minor failure |
+| 403 at the FHIR API (scope, compartment or granular condition) | 110113 Security Alert | BALP AuthZsubType ``AuthZ-Role`` (a decision from the token's scopes, no consent) | the interaction's C/R/U/D/E | 8 Serious failure (as BALP's deny example) |
+
+A failed authentication is a minor failure (nothing was done, and an honest client reaches it by
+an expired token or a typo); a denial is BALP's serious failure (an authenticated party asked
+for what its grant does not cover). ``outcome.detail`` says why. Agents: the claimed user
+(``humanuser``; from an unverified token or the login form: what it claimed, not who it is) when
+there is one, the client (DICOM "Source Role ID", the claimed client id) with the network
+address, and the server ("Destination Role ID"); the source is the server, as Application Server
+(type 4, the FHIR API) or Security Server (type 6, the authorization server). A 403 names the
+resource (``entity.what``: ``Type/id`` as a reference, a type as display) and the interaction
+(``entity.detail`` ``interaction``); a 401 names the request (``entity.what.display``).
 """
 
 from __future__ import annotations
@@ -27,6 +49,22 @@ SECURITY_SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-ty
 OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 V3_PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 DICOM = "http://dicom.nema.org/resources/ontology/DCM"
+SECURITY_ROLE_TYPE = "http://terminology.hl7.org/CodeSystem/extra-security-role-type"
+BALP_AUTHZ = "https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubType"
+
+#: the codes of the security events (DICOM and BALP: category, code), their outcomes and sources
+USER_AUTHENTICATION = {"system": DICOM, "code": "110114", "display": "User Authentication"}
+LOGIN = {"system": DICOM, "code": "110122", "display": "Login"}
+SECURITY_ALERT = {"system": DICOM, "code": "110113", "display": "Security Alert"}
+AUTHZ_ROLE = {"system": BALP_AUTHZ, "code": "AuthZ-Role", "display": "Authorization Decision using only Roles"}
+MINOR_FAILURE = {"system": AUDIT_EVENT_OUTCOME, "code": "4", "display": "Minor failure"}
+SERIOUS_FAILURE = {"system": AUDIT_EVENT_OUTCOME, "code": "8", "display": "Serious failure"}
+APPLICATION_SERVER = {"system": SECURITY_SOURCE_TYPE, "code": "4", "display": "Application Server"}
+SECURITY_SERVER = {"system": SECURITY_SOURCE_TYPE, "code": "6", "display": "Security Server"}
+
+#: the AuditEvent action of each interaction asked for (BALP: a search is E, a query)
+INTERACTION_ACTION = {"create": "C", "read": "R", "vread": "R", "history-instance": "R", "history-type": "R",
+                      "history-system": "R", "update": "U", "patch": "U", "delete": "D"}
 
 #: interaction -> (Provenance activity, AuditEvent action)
 _ACTIVITY = {"create": ("CREATE", "C"), "update": ("UPDATE", "U"), "patch": ("UPDATE", "U"),
@@ -102,3 +140,51 @@ def audit_event(target: str, interaction: str, recorded: str, actor: Actor, reas
         "entity": [{"what": {"reference": target},
                     "role": {"coding": [{"system": OBJECT_ROLE, "code": "4", "display": "Domain Resource"}]}}],
     }
+
+
+def security_event(kind: str, recorded: str, actor: Actor, detail: str, source_name: str, *,
+                   auth_server: bool = False, interaction: str | None = None, target: str | None = None,
+                   request: str | None = None) -> dict[str, Any]:
+    """The AuditEvent of a failed authentication (``kind`` "authentication") or an authorization
+    denial ("denial"); the codes are in the module's docstring. ``target``: ``Type/id`` (a
+    reference) or ``Type`` (display) of a denial; ``request``: what a failed authentication asked
+    for (``GET /fhir/Patient/1``)."""
+    denial = kind == "denial"
+    agents: list[dict[str, Any]] = []
+    if actor.reference or (actor.display not in ("anonymous", actor.client)):
+        agents.append({"type": {"coding": [{"system": SECURITY_ROLE_TYPE, "code": "humanuser",
+                                            "display": "human user"}]},
+                       "who": actor.as_reference(), "requestor": True})
+    client: dict[str, Any] = {
+        "type": {"coding": [{"system": DICOM, "code": "110153", "display": "Source Role ID"}]},
+        "who": {"display": actor.client or "unknown client"},
+        "requestor": not agents}
+    if actor.address:
+        client["networkString"] = actor.address
+    agents.append(client)
+    agents.append({"type": {"coding": [{"system": DICOM, "code": "110152", "display": "Destination Role ID"}]},
+                   "who": {"display": source_name}, "requestor": False})
+    record: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "category": [{"coding": [SECURITY_ALERT if denial else USER_AUTHENTICATION]}],
+        "code": {"coding": [AUTHZ_ROLE if denial else LOGIN],
+                 "text": "Authorization denied" if denial else "Authentication failed"},
+        "action": INTERACTION_ACTION.get(interaction or "", "E") if denial else "E",
+        "recorded": recorded,
+        "outcome": {"code": SERIOUS_FAILURE if denial else MINOR_FAILURE, "detail": [{"text": detail[:1024]}]},
+        "agent": agents,
+        "source": {"observer": {"display": f"{source_name} {__version__}"},
+                   "type": [{"coding": [SECURITY_SERVER if auth_server else APPLICATION_SERVER]}]},
+    }
+    if denial:
+        entity: dict[str, Any] = {}
+        if target and "/" in target:
+            entity["what"] = {"reference": target}
+        else:
+            entity["what"] = {"display": target or "system"}
+        entity["role"] = {"coding": [{"system": OBJECT_ROLE, "code": "4", "display": "Domain Resource"}]}
+        entity["detail"] = [{"type": {"text": "interaction"}, "valueString": interaction or "unknown"}]
+        record["entity"] = [entity]
+    elif request:
+        record["entity"] = [{"what": {"display": request[:1024]}}]
+    return record

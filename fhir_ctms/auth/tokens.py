@@ -9,6 +9,9 @@ plain :class:`AccessGrant`. Revocation (RFC 7009) is a database look-up on top:
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -72,6 +75,27 @@ def kid_of(token: str) -> str | None:
         return extract_compact(token.encode("ascii")).headers().get("kid")
     except (JoseError, ValueError, UnicodeError):
         return None
+
+
+def claimed(token: str | None) -> tuple[str | None, str | None]:
+    """(``sub``, ``client_id``) a JWT *claims*, read without verifying it (a client assertion's
+    ``sub`` is its client id): only for the audit record of a token or client assertion that
+    was refused (who it said it was). Clipped to 128 characters; (None, None) when unreadable."""
+    if not token:
+        return None, None
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 8192:
+        return None, None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None, None
+    if not isinstance(claims, dict):
+        return None, None
+
+    def text(value: Any) -> str | None:
+        return value[:128] if isinstance(value, str) and value else None
+    return text(claims.get("sub")), text(claims.get("client_id"))
 
 
 def access_claims(*, issuer: str, audience: str, client_id: str, subject: str, scope: str, lifetime: int,

@@ -257,6 +257,15 @@ async def require_read(ctx: Context, s: Session, st: Stored) -> None:
                         "conditional create matched")
 
 
+def note_denial(ctx: Context, req: FhirRequest, exc: Forbidden) -> None:
+    """Remember a 403 of ``req`` on ``ctx`` for the audit trail (``ctx.denials``; once per
+    refusal, however many layers it passes through). Nothing when no token applies."""
+    if ctx.access is None or getattr(exc, "noted", False):
+        return
+    exc.noted = True  # type: ignore[attr-defined]
+    ctx.denials.append((req, exc.diagnostics))
+
+
 def guard(req: FhirRequest, ctx: Context) -> Guard | None:
     """The guard of one interaction (None when no token applies: auth off, or the
     CapabilityStatement); 403 when the token grants the interaction nothing on its type."""

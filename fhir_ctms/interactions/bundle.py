@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
-from ..errors import BadRequest, FhirError, Issue, PreconditionFailed, operation_outcome
+from ..errors import BadRequest, FhirError, Forbidden, Issue, PreconditionFailed, operation_outcome
 from ..resources.json import loads
 from ..search.parse import parse
 from ..search.unsaved import matches_unsaved
@@ -211,6 +211,8 @@ async def transaction(body: dict[str, Any], ctx: Context, prefer: str) -> FhirRe
         try:
             access.guard(e.request, ctx)
         except FhirError as exc:
+            if isinstance(exc, Forbidden):
+                access.note_denial(ctx, e.request, exc)
             raise _at(exc, e.index) from exc
     async with ctx.repo.session(write=True) as s:
         ids, results = await _resolve(entries, ctx, s)

@@ -89,6 +89,9 @@ class Context:
     #: what the request's bearer token grants (``api/rest.py`` verifies it when ``auth_enabled``);
     #: None: no token applies (auth off) and nothing is restricted (``interactions/access.py``)
     access: "AccessGrant | None" = None
+    #: the requests (each with the 403's text) the token was refused in this HTTP request, noted
+    #: by ``access.note_denial`` and audited by ``api/rest.py`` once its sessions have ended
+    denials: list[tuple[FhirRequest, str]] = field(default_factory=list)
 
 
 def now_us() -> int:

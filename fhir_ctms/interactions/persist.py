@@ -4,10 +4,16 @@ Every interaction that changes data (create, update, patch, delete, and each
 entry of a batch or transaction) ends in :func:`write`, so no change can be
 stored without its Provenance and AuditEvent, and none of them without the
 others: they share the caller's database transaction.
+
+An audit record that belongs to no change (a failed authentication, an authorization denial:
+``audit.records.security_event``) is stored by :func:`record_security_event` the same way (a
+resource version, its index rows, a chain link) in a write transaction of its own, so it stays
+when the refused request's own transaction rolls back.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -18,10 +24,11 @@ from ..audit import chain, records
 from ..errors import Conflict
 from ..resources.json import dumps
 from ..search.index import index_rows
-from ..storage.repository import IndexRow, Session, Stored, VersionConflict
+from ..storage.repository import IndexRow, Repository, Session, Stored, VersionConflict
 from .context import Context, instant, now_us
 
 _METHOD = {"create": "POST", "update": "PUT", "patch": "PATCH", "delete": "DELETE"}
+log = logging.getLogger("fhir_ctms")
 
 
 def new_id() -> str:
@@ -73,6 +80,27 @@ async def _audit(s: Session, ctx: Context, target: tuple[str, str, str], interac
         await s.set_index(rtype, rid, audit_index_rows(build, target, interaction, ts, ctx.actor, why,
                                                        ctx.settings.source_name), new=True)
         await chain.append(s, rtype, rid, record)
+
+
+async def record_security_event(repo: Repository | None, record: dict[str, Any], ts: int) -> str | None:
+    """Store ``record`` (an AuditEvent of no change, ``recorded`` = ``instant(ts)``) in a write
+    transaction of its own: the version, its index rows (extracted, not templated: these are
+    rare), the chain link. Never raises: a failure is logged and None returned, so that the
+    401 or 403 being recorded is still the answer. Returns the new id."""
+    if repo is None:
+        log.error("security audit event not recorded (no repository): %s", record.get("outcome"))
+        return None
+    try:
+        rid = new_id()
+        content = _stamp(record, rid, 1, ts)
+        async with repo.session(write=True) as s:
+            await s.put(Stored("AuditEvent", rid, 1, ts, False, content, "POST"), previous=None)
+            await s.set_index("AuditEvent", rid, index_rows(record), new=True)
+            await chain.append(s, "AuditEvent", rid, record)
+        return rid
+    except Exception:  # noqa: BLE001 - the refusal is the answer; its record's failure is logged
+        log.exception("security audit event could not be recorded: %s", record.get("outcome"))
+        return None
 
 
 # -- the audit records' index rows ----------------------------------------------------------------

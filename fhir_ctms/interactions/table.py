@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .. import operations
+from ..errors import Forbidden
 from ..storage.repository import Session
 from . import access
 from .context import Context, FhirRequest, FhirResponse
@@ -67,7 +68,15 @@ async def perform(req: FhirRequest, ctx: Context, s: Session | None = None) -> F
     With an access token (``ctx.access``) the interaction runs under its guard
     (``interactions/access.py``): 403 when the token's scopes do not grant it, and a session
     that lets through only what they cover; what it writes is checked before the transaction
-    ends."""
+    ends. A 403 is noted on ``ctx`` (``access.note_denial``) for the audit trail."""
+    try:
+        return await _perform(req, ctx, s)
+    except Forbidden as exc:  # audited by the HTTP layer, after this request's sessions end
+        access.note_denial(ctx, req, exc)
+        raise
+
+
+async def _perform(req: FhirRequest, ctx: Context, s: Session | None) -> FhirResponse:
     spec = INTERACTIONS[req.interaction]
     guard = access.guard(req, ctx)
     if s is not None or spec.level == "operation":

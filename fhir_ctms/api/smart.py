@@ -230,37 +230,35 @@ async def _refused(request: Request, exc: OAuthError, form: dict[str, str]) -> J
     return _oauth_error(exc)
 
 
-@router.post("/auth/token")
-async def token(request: Request) -> JSONResponse:
+async def _client_call(request: Request, method: str) -> tuple[Any, JSONResponse | None]:
+    """A form-posted call that authenticates its client (token, introspect, revoke): the
+    server's ``method``'s result, or the OAuth error response (audited when it is a failed
+    authentication)."""
     form: dict[str, str] = {}
     try:
         form = await _form(request)
-        body = await _server(request).token(form, request.headers.get("authorization"), _endpoints(request))
+        call = getattr(_server(request), method)
+        return await call(form, request.headers.get("authorization"), _endpoints(request)), None
     except OAuthError as exc:
-        return await _refused(request, exc, form)
-    return JSONResponse(body, headers=_NO_STORE)
+        return None, await _refused(request, exc, form)
+
+
+@router.post("/auth/token")
+async def token(request: Request) -> JSONResponse:
+    body, refused = await _client_call(request, "token")
+    return refused or JSONResponse(body, headers=_NO_STORE)
 
 
 @router.post("/auth/introspect")
 async def introspect(request: Request) -> JSONResponse:
-    form: dict[str, str] = {}
-    try:
-        form = await _form(request)
-        body = await _server(request).introspect(form, request.headers.get("authorization"), _endpoints(request))
-    except OAuthError as exc:
-        return await _refused(request, exc, form)
-    return JSONResponse(body, headers=_NO_STORE)
+    body, refused = await _client_call(request, "introspect")
+    return refused or JSONResponse(body, headers=_NO_STORE)
 
 
 @router.post("/auth/revoke")
 async def revoke(request: Request) -> Response:
-    form: dict[str, str] = {}
-    try:
-        form = await _form(request)
-        await _server(request).revoke(form, request.headers.get("authorization"), _endpoints(request))
-    except OAuthError as exc:
-        return await _refused(request, exc, form)
-    return Response(status_code=200, headers=_NO_STORE)
+    _, refused = await _client_call(request, "revoke")
+    return refused or Response(status_code=200, headers=_NO_STORE)
 
 
 @router.post("/auth/launch")

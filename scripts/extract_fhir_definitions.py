@@ -29,6 +29,15 @@ What it does:
    package, ...) are recorded as not enumerable so the checker skips them.
 4. Writes the JSON file (value sets shared by canonical URL, sorted keys, one
    entry per line so diffs stay readable) and prints a summary.
+5. Writes ``fhir_ctms/definitions/core-terminology.json`` (beside the output): the
+   enumerable core value sets (those of the required bindings, plus
+   ``research-study-status``, which the CTMS milestone value sets include) with
+   their codes by system and the displays of those codes, for
+   ``fhir_ctms.terminology`` (``$expand``, ``$validate-code``, the profile
+   validator's required bindings).
+6. Copies the official OperationDefinitions ``ValueSet-expand`` and
+   ``ValueSet-validate-code`` unchanged into ``profiles/``: the operation
+   registry declares ``$expand`` and ``$validate-code`` from them.
 
 Output layout::
 
@@ -71,6 +80,15 @@ FORMAT_VERSION = 1
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "fhir_ctms" / "definitions" / "required-bindings.json"
+#: the core value sets the server holds (``fhir_ctms.terminology``): codes with their displays
+CORE_TERMINOLOGY_OUTPUT = REPO_ROOT / "fhir_ctms" / "definitions" / "core-terminology.json"
+#: core value sets held besides those of the required bindings (the CTMS value sets include them)
+EXTRA_CORE_VALUE_SETS = ("http://hl7.org/fhir/ValueSet/research-study-status",)
+#: the official OperationDefinitions of the terminology operations the server implements,
+#: copied unchanged into ``profiles/`` (the operation registry declares them from there)
+OPERATION_DEFINITIONS = ("OperationDefinition-ValueSet-expand.json",
+                         "OperationDefinition-ValueSet-validate-code.json")
+PROFILES_DIR = REPO_ROOT / "profiles"
 
 # Element types whose values can be checked against a required binding.
 BINDABLE_TYPES = {"code", "Coding", "CodeableConcept", "string", "uri"}
@@ -96,6 +114,16 @@ def download_package(workdir: Path) -> Path:
     if not tarballs:
         raise SystemExit(f"npm pack {spec} produced no tarball")
     return tarballs[0]
+
+
+def read_members(tgz: Path, names: tuple[str, ...]) -> dict[str, bytes]:
+    """The raw bytes of some files of the package (``package/<name>``)."""
+    out: dict[str, bytes] = {}
+    with tarfile.open(tgz, "r:gz") as tar:
+        for name in names:
+            member = tar.getmember("package/" + name)
+            out[name] = tar.extractfile(member).read()
+    return out
 
 
 def read_package(tgz: Path) -> dict[str, list[dict]]:
@@ -365,6 +393,68 @@ def render(types: dict, value_sets: dict) -> str:
     )
 
 
+def core_terminology(terminology: Terminology, urls: list[str]) -> dict:
+    """The enumerable core value sets among *urls* (by canonical URL without version), each with
+    its codes by system, and the code systems they draw on: every concept (code and display, in
+    definition order) when the package holds the whole system (``complete`` true), else only the
+    codes the value sets use."""
+    value_sets: dict[str, dict] = {}
+    used: dict[str, set[str]] = defaultdict(set)
+    for url in urls:
+        base = url.split("|", 1)[0]
+        try:
+            expansion = terminology.expand(base)
+        except NotEnumerable:
+            continue
+        vs = terminology.value_sets[base]
+        value_sets[base] = {
+            "version": vs.get("version", PACKAGE_VERSION),
+            "name": vs.get("name"),
+            "title": vs.get("title"),
+            "systems": {s: sorted(c) for s, c in sorted(expansion.items())},
+        }
+        for system, codes in expansion.items():
+            used[system] |= codes
+    systems: dict[str, dict] = {}
+    for system in sorted(used):
+        cs = terminology.code_systems.get(system)
+        if cs is None:
+            continue
+        complete = cs.get("content") == "complete"
+        concepts = [
+            [c["code"], c.get("display")]
+            for c, _ in terminology._walk_concepts(cs)
+            if "code" in c and (complete or c["code"] in used[system])
+        ]
+        systems[system] = {"version": cs.get("version", PACKAGE_VERSION), "complete": complete,
+                           "concepts": concepts}
+    return {"valueSets": value_sets, "codeSystems": systems}
+
+
+def render_core_terminology(core: dict) -> str:
+    def dump(obj) -> str:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    def block(mapping: dict) -> str:
+        return ",\n".join(f"{dump(k)}:{dump(mapping[k])}" for k in sorted(mapping))
+
+    return (
+        "{\n"
+        f'"format":{FORMAT_VERSION},\n'
+        f'"source":{dump({"package": PACKAGE_NAME, "version": PACKAGE_VERSION})},\n'
+        '"valueSets":{\n' + block(core["valueSets"]) + "\n},\n"
+        '"codeSystems":{\n' + block(core["codeSystems"]) + "\n}\n"
+        "}\n"
+    )
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def build(tgz: Path, output: Path) -> None:
     docs = read_package(tgz)
     types, bindings = extract_types(docs["StructureDefinition"])
@@ -382,9 +472,16 @@ def build(tgz: Path, output: Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     text = render(types, value_sets)
     json.loads(text)  # sanity check
-    tmp = output.with_suffix(".json.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, output)
+    _write(output, text.encode("utf-8"))
+
+    # the core value sets the server holds, with displays (fhir_ctms.terminology)
+    core = core_terminology(terminology, sorted({b[2] for b in bindings}) + list(EXTRA_CORE_VALUE_SETS))
+    core_output = output.parent / CORE_TERMINOLOGY_OUTPUT.name
+    _write(core_output, render_core_terminology(core).encode("utf-8"))
+    # the official OperationDefinitions of $expand and $validate-code, unchanged
+    for name, data in read_members(tgz, OPERATION_DEFINITIONS).items():
+        json.loads(data)  # sanity check
+        _write(PROFILES_DIR / name, data)
 
     # ---- summary
     skipped_vs = {u: v["notEnumerable"] for u, v in value_sets.items() if "notEnumerable" in v}
@@ -415,6 +512,10 @@ def build(tgz: Path, output: Path) -> None:
         shown = ", ".join(elems[:4]) + (f", ... (+{len(elems) - 4})" if len(elems) > 4 else "")
         print(f"  skipped {url}: {skipped_vs[url]}  [{shown}]")
     print(f"wrote {output} ({output.stat().st_size:,} bytes)")
+    print(f"wrote {core_output} ({len(core['valueSets'])} value sets, "
+          f"{len(core['codeSystems'])} code systems)")
+    for name in OPERATION_DEFINITIONS:
+        print(f"wrote {PROFILES_DIR / name}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,6 +68,11 @@ def create_app(settings: Settings | None = None, repo: Repository | None = None,
         loaded, failed = await load_stored(state.repo)
         for url, why in failed:
             log.warning("stored SearchParameter %s not loaded: %s", url, why)
+        # the conformance resources of profiles/ and terminology/, served like any resource
+        # (written only when changed: a restart adds no version)
+        from ..conformance import install
+        for name, why in (await install(state.repo, settings)).failed:
+            log.warning("conformance resource %s not stored: %s", name, why)
         try:
             yield
         finally:

@@ -3,7 +3,9 @@
 Everything in it is derived from what the server runs: the resource types from
 the R5 definitions, the interactions from ``table.INTERACTIONS`` and
 ``bundle.CODES``, the search parameters from ``fhir_ctms.search``, the
-operations from ``fhir_ctms.operations``, and, when ``auth_enabled``, ``rest.security``
+operations from ``fhir_ctms.operations``, each resource's ``supportedProfile`` from the
+StructureDefinitions of ``profiles/`` (the constraints on a resource type: profiles, not
+extensions), and, when ``auth_enabled``, ``rest.security``
 (SMART-on-FHIR, the ``oauth-uris`` extension) from ``fhir_ctms.auth.discovery``. Nothing is
 written by hand.
 """
@@ -16,6 +18,7 @@ from typing import Any
 
 from .. import FHIR_VERSION, __version__
 from ..operations import OPERATIONS
+from ..resources import profiles
 from ..resources.registry import AUDIT_TYPES, RESOURCE_TYPES
 from ..search.parameters import compartments, params_for
 from ..storage.repository import Session
@@ -41,7 +44,17 @@ def _searched(code: str, p: Any) -> bool:
     return p.type in SEARCHED_TYPES and (p.expression is not None or code in ("_id", "_lastUpdated"))
 
 
-def _resource(rtype: str) -> dict[str, Any]:
+def supported_profiles() -> dict[str, list[str]]:
+    """resource type -> the canonical URLs of the profiles of ``profiles/`` on it (sorted)."""
+    out: dict[str, list[str]] = {}
+    for sd in profiles.resources("StructureDefinition"):
+        if (sd.get("derivation") == "constraint" and sd.get("kind") == "resource"
+                and isinstance(sd.get("type"), str) and isinstance(sd.get("url"), str)):
+            out.setdefault(sd["type"], []).append(sd["url"])
+    return {t: sorted(urls) for t, urls in out.items()}
+
+
+def _resource(rtype: str, supported: dict[str, list[str]]) -> dict[str, Any]:
     from .table import INTERACTIONS  # the table lists this module's handler too
     codes = [i.code for i in INTERACTIONS.values() if i.level in ("instance", "type")
              and not (rtype in AUDIT_TYPES and i.code in _NOT_FOR_AUDIT)]
@@ -59,6 +72,8 @@ def _resource(rtype: str) -> dict[str, Any]:
         "conditionalDelete": "single" if writable else "not-supported",
         "searchParam": _search_params(rtype),
     }
+    if supported.get(rtype):
+        out["supportedProfile"] = supported[rtype]
     ops = [op for op in OPERATIONS if rtype in op.resource_types]
     if ops:
         out["operation"] = [{"name": op.code, "definition": op.url} for op in ops]
@@ -72,11 +87,12 @@ def capability_statement(base: str, date: str = STARTED, smart: bool = False) ->
     from . import bundle
     from .table import INTERACTIONS
     system = [i.code for i in INTERACTIONS.values() if i.level == "system"] + list(bundle.CODES)
+    supported = supported_profiles()
     rest: dict[str, Any] = {
         "mode": "server",
         "documentation": "FHIR R5 RESTful API of fhir-ctms. Every change is versioned and audited "
                          "(a Provenance and an AuditEvent in the same transaction).",
-        "resource": [_resource(t) for t in sorted(RESOURCE_TYPES)],
+        "resource": [_resource(t, supported) for t in sorted(RESOURCE_TYPES)],
         "interaction": [{"code": c} for c in system],
         "searchParam": [{"name": code, "definition": p.url, "type": p.type}
                         for code, p in sorted(params_for("Resource").items()) if _searched(code, p)],

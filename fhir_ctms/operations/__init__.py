@@ -109,3 +109,7 @@ async def invoke(req: Any, ctx: Any, s: Any = None) -> Any:
 from . import reindex as _reindex  # noqa: E402 - the operations, declared by their definitions
 
 declare("OperationDefinition-reindex.json", _reindex.reindex)
+from . import expand as _expand, validate_code as _validate_code  # noqa: E402
+
+declare("OperationDefinition-ValueSet-expand.json", _expand.expand)
+declare("OperationDefinition-ValueSet-validate-code.json", _validate_code.validate_code)

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     max_bundle_entries: int = 10_000
     #: The base URL clients see (behind a proxy); by default derived from each request.
     public_base_url: str | None = None
+    #: CTMS profiles mandatory: a ResearchStudy must conform to ctms-study/-country/-site (by its
+    #: study-level classifier), a ResearchSubject to ctms-subject, etc. (fhir_ctms/validation),
+    #: claimed or not. Off: only the profiles a resource claims in meta.profile are checked.
+    require_profiles: bool = False
+    #: A meta.profile the server does not know is a 422 (off: ignored on write, a warning in $validate).
+    reject_unknown_profiles: bool = False
 
     # -- SMART App Launch authorization server (fhir_ctms/auth) --------------------------------
     #: Require a SMART bearer token on every FHIR request but /metadata (401 without one, 403 when

@@ -113,3 +113,6 @@ from . import expand as _expand, validate_code as _validate_code  # noqa: E402
 
 declare("OperationDefinition-ValueSet-expand.json", _expand.expand)
 declare("OperationDefinition-ValueSet-validate-code.json", _validate_code.validate_code)
+from . import validate as _validate  # noqa: E402
+
+_validate.every_type(declare("OperationDefinition-Resource-validate.json", _validate.validate))

@@ -1,22 +1,35 @@
-"""Validation on write: the fhir.resources R5 model, then the required code bindings.
+"""Validation on write: the fhir.resources R5 model, the required code bindings, then the
+CTMS profiles.
 
 fhir.resources checks structure, cardinality and primitive formats but not
 bindings; :mod:`.bindings` checks every required binding against the R5 value
-sets extracted from ``hl7.fhir.r5.core`` 5.0.0.  Both report locations as
+sets extracted from ``hl7.fhir.r5.core`` 5.0.0. A resource that passes both is
+checked against the CTMS profiles it claims in ``meta.profile`` (and, with
+``FHIR_CTMS_REQUIRE_PROFILES``, the profile of its kind) and its CTMS extensions
+against their definitions (``fhir_ctms.validation``); an error there is a 422
+too, warnings are not. All report locations as
 ``OperationOutcome.issue.expression`` paths.
+
+The two profile options are read from the process's settings (``get_settings``:
+the ``FHIR_CTMS_*`` environment), since the interactions' ``prepare`` step that
+calls :func:`validate_resource` runs without a request context.
 """
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any
 
 from fhir.resources import get_fhir_model_class
 from pydantic import ValidationError
 
+from ..config import get_settings
 from ..errors import Issue, Unprocessable
 from .bindings import check_required_bindings
 from .registry import is_valid_id
+
+_log = logging.getLogger(__name__)
 
 #: pydantic error types that mean "wrong structure" rather than "wrong value"
 _STRUCTURE_ERRORS = {"extra_forbidden", "missing", "list_type", "dict_type", "model_type",
@@ -45,6 +58,21 @@ def _text(err: dict[str, Any]) -> str:
 
 def validate_resource(resource: dict[str, Any]) -> None:
     """Raise :class:`Unprocessable` (422) listing every problem found, or return."""
+    settings = get_settings()
+    issues = check_resource(resource, require=settings.require_profiles,
+                            reject_unknown=settings.reject_unknown_profiles)
+    errors = [i for i in issues if i.severity in ("error", "fatal")]
+    if errors:
+        raise Unprocessable(errors[0].diagnostics, issues=issues)
+
+
+def check_resource(resource: dict[str, Any], profiles: tuple[str, ...] = (), *,
+                   require: bool = False, reject_unknown: bool = False) -> list[Issue]:
+    """Every issue of a resource (errors and warnings): the model, the required bindings, then
+    (when those pass) the profiles it claims, ``profiles``, and with ``require`` its mandatory
+    profile (``fhir_ctms.validation.validate``). ``$validate`` reports these as they are."""
+    from .. import validation
+
     rtype = resource["resourceType"]
     issues: list[Issue] = []
     if "id" in resource and not is_valid_id(resource["id"]):
@@ -61,5 +89,12 @@ def validate_resource(resource: dict[str, Any]) -> None:
     if not issues:
         for bi in check_required_bindings(resource):
             issues.append(Issue("code-invalid", bi.message, expression=(bi.expression,)))
-    if issues:
-        raise Unprocessable(issues[0].diagnostics, issues=issues)
+    if not issues:
+        try:
+            issues.extend(validation.validate(resource, profiles, require=require,
+                                              reject_unknown=reject_unknown))
+        except Exception:  # noqa: BLE001 - a validator bug must not become a 500 or a bad write
+            _log.exception("profile validation of a %s failed", rtype)
+            issues.append(Issue("exception", "The resource could not be checked against its "
+                                "profiles (a server error, logged)", expression=(rtype,)))
+    return issues

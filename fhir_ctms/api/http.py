@@ -25,6 +25,7 @@ from ..interactions.router import Match
 from ..interactions.table import INTERACTIONS
 from ..resources.json import dumps, dumps_pretty, loads
 from ..storage.repository import Repository
+from .negotiation import CSV, FHIR_JSON
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -163,6 +164,13 @@ def _serialise(value: object, pretty: bool) -> bytes:
 
 def render(inc: Incoming, req: FhirRequest, res: FhirResponse, media: str) -> Outgoing:
     """An interaction's result as an HTTP response: headers, Prefer, _format and _pretty."""
+    if res.headers.get("Content-Type", "").startswith(CSV):  # an operation's CSV form, as it is
+        return outgoing(res.status, {k: v for k, v in res.headers.items() if k != "Content-Type"},
+                        (res.raw or "").encode(), CSV)
+    if media == CSV:  # _format=csv of an operation without a CSV form: FHIR JSON
+        media = FHIR_JSON
+    if res.headers.get("Content-Type") == "application/json":  # an operation's non-FHIR JSON ($registry-export)
+        media, res.headers = "application/json", {k: v for k, v in res.headers.items() if k != "Content-Type"}
     pretty = inc.param("_pretty") == "true"
     headers = dict(res.headers)
     st = res.stored

@@ -9,6 +9,9 @@ JSON_PATCH = "application/json-patch+json"
 FORM = "application/x-www-form-urlencoded"
 
 _JSON_TYPES = {FHIR_JSON, "application/json", "application/json+fhir", "json", "fhir+json"}
+#: a non-FHIR format, by ``_format`` only and for operations only (``$enrollment``'s spreadsheet
+#: form): an operation without such a form answers in FHIR JSON (``http.render``)
+CSV = "text/csv"
 _ANY = {"*/*", "application/*"}
 
 
@@ -27,10 +30,13 @@ def _check_version(params: dict[str, str], error: type) -> None:
         raise error(f"fhirVersion={version} is not served: this server speaks FHIR 5.0")
 
 
-def response_type(format_param: str | None, accept: str | None) -> str:
-    """The media type of the response, or 406 when the client accepts nothing we serve."""
+def response_type(format_param: str | None, accept: str | None, *, csv: bool = False) -> str:
+    """The media type of the response, or 406 when the client accepts nothing we serve.
+    ``csv``: ``_format=csv`` (or ``text/csv``) is accepted (operations)."""
     if format_param is not None:
         kind, params = _media(format_param.replace(" ", "+"))
+        if csv and kind in ("csv", CSV):
+            return CSV
         if kind not in _JSON_TYPES:
             raise NotAcceptable(f"_format={format_param!r} is not served: this server serves JSON only")
         _check_version(params, NotAcceptable)

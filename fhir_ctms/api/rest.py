@@ -124,7 +124,7 @@ class FhirRest:
             except Unauthorized as exc:
                 await self._audit_failed_authentication(inc, exc)
                 raise
-        media = response_type(inc.param("_format"), inc.headers.get("accept"))
+        media = response_type(inc.param("_format"), inc.headers.get("accept"), csv=match.interaction == "operation")
         body, params = b"", None
         kind = match.route.bodies.get(inc.method)
         if kind is not None:

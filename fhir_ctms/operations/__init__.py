@@ -116,3 +116,7 @@ declare("OperationDefinition-ValueSet-validate-code.json", _validate_code.valida
 from . import validate as _validate  # noqa: E402
 
 _validate.every_type(declare("OperationDefinition-Resource-validate.json", _validate.validate))
+from . import enrollment as _enrollment, schedule as _schedule  # noqa: E402
+
+declare("OperationDefinition-ResearchStudy-enrollment.json", _enrollment.enrollment)
+declare("OperationDefinition-ResearchSubject-schedule.json", _schedule.schedule)

@@ -1,8 +1,9 @@
 """Concurrent write sessions on the repository (both databases; group commit on SQLite files).
 
-Sessions started together share one SQLite transaction (each in its own savepoint): a
-session that fails must lose only its own changes, every session that returned must be
-committed (visible to a new connection), and none may return before its COMMIT.
+Sessions started together share one SQLite transaction (a failed one is undone by a rollback and a
+replay of the others' recorded writes): a session that fails must lose only its own changes,
+every session that returned must be committed (visible to a new connection), and none may
+return before its COMMIT.
 """
 
 from __future__ import annotations

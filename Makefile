@@ -35,6 +35,7 @@ run: install
 
 test: install-test
 	scripts/ensure-chromium
+	scripts/ensure-fhirclient-js
 	scripts/with-postgres $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install-test

@@ -207,8 +207,10 @@ def users_add(
         password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from standard input.")] = False,
         fhir_user: Annotated[str | None, typer.Option("--fhir-user", help="The user's FHIR resource, e.g. Practitioner/123.")] = None,
         patient: Annotated[list[str], typer.Option("--patient", help="A Patient id the user may pick (repeatable; none: any).")] = [],  # noqa: B006
+        role: Annotated[list[str], typer.Option("--role", help="A role, e.g. study-manager, monitor (repeatable; none: no user/ scopes).")] = [],  # noqa: B006
 ) -> None:
-    """Add a user of the login page (the password is hashed with Argon2id)."""
+    """Add a user of the login page (the password is hashed with Argon2id). Its roles decide which
+    user/ scopes it may be granted (FHIR_CTMS_AUTH_ROLES_FILE, else the default mapping)."""
     import re
     import sys
     import time
@@ -223,7 +225,8 @@ def users_add(
     if fhir_user is not None and not re.fullmatch(r"(Practitioner|PractitionerRole|Patient|RelatedPerson|Person)/[A-Za-z0-9\-.]{1,64}", fhir_user):
         _fail("--fhir-user must be Practitioner/id, PractitionerRole/id, Patient/id, RelatedPerson/id or Person/id")
     patients = tuple(p.removeprefix("Patient/") for p in patient)
-    record = UserRecord(username, hash_secret(password), fhir_user, patients, int(time.time()))
+    roles = _roles(role)
+    record = UserRecord(username, hash_secret(password), fhir_user, patients, int(time.time()), roles)
 
     async def work(store):
         if await store.user(username) is not None:
@@ -239,7 +242,41 @@ def users_list() -> None:
     async def work(store):
         return await store.users()
     for u in _with_store(work):
-        typer.echo(f"{u.username}\t{u.fhir_user or ''}\t{' '.join(u.patients)}")
+        typer.echo(f"{u.username}\t{u.fhir_user or ''}\t{' '.join(u.patients)}\t{' '.join(u.roles)}")
+
+
+def _roles(given: list[str]) -> tuple[str, ...]:
+    """The roles named, checked against the configured role mapping."""
+    from .auth.roles import role_map
+    known = role_map(get_settings().auth_roles_file).roles
+    roles = tuple(dict.fromkeys(given))
+    unknown = [r for r in roles if r not in known]
+    if unknown:
+        _fail(f"unknown role {', '.join(unknown)}: the roles are {', '.join(known)}")
+    return roles
+
+
+@users_app.command("set-roles")
+def users_set_roles(username: Annotated[str, typer.Argument(help="The login name.")],
+                    role: Annotated[list[str], typer.Option("--role", help="A role (repeatable; none: no roles).")] = [],  # noqa: B006
+                    ) -> None:
+    """Replace a user's roles (tokens already issued keep their scopes until they expire; a refresh
+    gets the new roles' scopes)."""
+    roles = _roles(role)
+
+    async def work(store):
+        return await store.set_roles(username, roles)
+    if not _with_store(work):
+        _fail(f"no user {username}")
+    typer.echo(f"user {username}: roles {' '.join(roles) or '(none)'}")
+
+
+@users_app.command("roles")
+def users_roles() -> None:
+    """The roles and the user/ scopes each may be granted."""
+    from .auth.roles import role_map
+    for name, scopes in role_map(get_settings().auth_roles_file).roles.items():
+        typer.echo(f"{name}\t{scopes}")
 
 
 @users_app.command("remove")

@@ -4,7 +4,28 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ExternalIssuer(BaseModel):
+    """An OpenID Connect provider (a hospital's IdP) whose access tokens the FHIR API accepts."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: the ``iss`` of its tokens, exactly
+    issuer: str
+    #: the ``aud`` its tokens must contain (e.g. this server's FHIR base)
+    audience: str
+    #: where its public keys are; by default from ``{issuer}/.well-known/openid-configuration``
+    jwks_uri: str | None = None
+    #: the claim holding the SMART scopes: a space separated string or a list (``scp``)
+    scope_claim: str = "scope"
+    #: the claim holding the user's roles (a dotted path such as ``realm_access.roles`` works);
+    #: its ``user/`` scopes are narrowed to what the roles allow, as for built-in users
+    roles_claim: str = "roles"
+    #: the claims holding the user's FHIR resource and the launch patient
+    fhir_user_claim: str = "fhirUser"
+    patient_claim: str = "patient"
 
 
 class Settings(BaseSettings):
@@ -56,6 +77,26 @@ class Settings(BaseSettings):
     auth_assertion_max_lifetime: int = 300
     #: Style sheet URL sent as ``smart_style_url`` in token responses of user launches (none if unset).
     auth_smart_style_url: str | None = None
+    #: A JSON or TOML file mapping each role to the ``user/`` scopes it may hold; it replaces the
+    #: default mapping of ``fhir_ctms/auth/roles.py`` (checked when the settings are read).
+    auth_roles_file: str | None = None
+    #: External OpenID Connect providers whose JWTs the FHIR API accepts beside its own tokens
+    #: (``fhir_ctms/auth/external.py``): a JSON list of objects (``ExternalIssuer``).
+    auth_external_issuers: list[ExternalIssuer] = []
+    #: Login throttling (``/auth/login``): after this many failed attempts for one username, or
+    #: ``..._per_address`` from one network address, within ``auth_login_window`` seconds, every
+    #: attempt is refused (429) for the window, even with the right password.
+    auth_login_max_failures: int = 5
+    auth_login_max_failures_per_address: int = 20
+    auth_login_window: int = 900
+
+    @field_validator("auth_roles_file")
+    @classmethod
+    def _roles_file_readable(cls, value: str | None) -> str | None:
+        if value:
+            from .auth.roles import load_file
+            load_file(value)  # a broken file stops the start, with its reason
+        return value
 
 
 @lru_cache(maxsize=1)

@@ -90,7 +90,8 @@ async def authenticate(state: State, authorization: str | None, base: str) -> Ac
                            headers=_challenge("invalid_request", "Bearer token expected"))
     server = state.auth
     try:
-        return await verify_access(token, server.ring, server.store, issuer=base, audience=base)
+        return await verify_access(token, server.ring, server.store, issuer=base, audience=base,
+                                   external=server.external)  # or an external provider's (auth/external.py)
     except InvalidToken as exc:
         raise Unauthorized(f"Invalid access token: {exc}", headers=_challenge("invalid_token", str(exc))) from exc
 

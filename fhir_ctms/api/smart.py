@@ -5,7 +5,7 @@
 | ``GET /fhir/.well-known/smart-configuration`` | discovery (public) |
 | ``GET /fhir/.well-known/openid-configuration`` | OpenID Connect discovery of the issuer (public) |
 | ``GET, POST /auth/authorize`` | the authorization request (``authorize-post`` too): the login page, or an error |
-| ``POST /auth/login`` | the login form: the consent page, or the login page again |
+| ``POST /auth/login`` | the login form: the consent page, or the login page again (429 while throttled) |
 | ``POST /auth/consent`` | Allow/Deny: a 303 to the app's redirect URI with ``code`` or ``error``, and ``state`` |
 | ``POST /auth/token`` | RFC 6749 token endpoint (authorization_code, refresh_token, client_credentials) |
 | ``POST /auth/introspect`` | RFC 7662 |
@@ -13,9 +13,9 @@
 | ``GET /auth/jwks`` | the server's public keys |
 | ``POST /auth/launch`` | an EHR (confidential client allowed ``fhir-ctms/launch``) gets a launch handle for a JSON context |
 
-A wrong username or password at ``/auth/login``, and an ``invalid_client`` or ``invalid_grant``
-at the endpoints where clients authenticate, are audited (an AuditEvent per failure, written as
-the FHIR API's refusals are: ``audit.records.security_event``).
+A wrong username or password at ``/auth/login``, a login refused by throttling, and an
+``invalid_client`` or ``invalid_grant`` at the endpoints where clients authenticate, are audited
+(an AuditEvent per failure, written as the FHIR API's refusals are: ``audit.records.security_event``).
 
 The browser forms are protected against CSRF by a double-submit cookie (``SameSite=Lax``,
 ``HttpOnly``): each form carries the cookie's value, and the signed ticket is bound to it.
@@ -36,6 +36,7 @@ from ..auth import flows
 from ..auth.clients import credentials
 from ..auth.discovery import Endpoints, openid_configuration, smart_configuration
 from ..auth.errors import OAuthError, PageError
+from ..auth.throttle import Throttled
 from ..auth.tokens import claimed
 from ..interactions.context import instant, now_us
 from ..interactions.persist import record_security_event
@@ -74,8 +75,12 @@ def _oauth_error(exc: OAuthError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
-def _html(body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(body, status_code=status, headers=_PAGE_HEADERS)
+def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status, headers={**_PAGE_HEADERS, **(headers or {})})
+
+
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -162,13 +167,25 @@ async def login(request: Request) -> Response:
         form, pending, csrf = await _ticket(request, server)
     except (PageError, OAuthError) as exc:
         return _html(pages.error(str(exc)), 400)
-    user = await server.login(form.get("username", ""), form.get("password", ""))
+    username = form.get("username", "")
+    try:
+        user = await server.login(username, form.get("password", ""), _address(request))
+    except Throttled as exc:  # refused without looking at the password
+        await _audit_failure(request, username or None, pending.client_id,
+                             f"Login refused at /auth/login: {exc}")
+        minutes = -(-exc.retry_after // 60)
+        page = pages.login(ep.auth + "/login", form["ticket"], csrf, pending.client_id,
+                           f"Too many failed sign-in attempts. Try again in {minutes} minute{'s' * (minutes != 1)}.")
+        return _html(page, 429, {"Retry-After": str(exc.retry_after)})
     if user is None:
-        await _audit_failure(request, form.get("username") or None, pending.client_id,
+        await _audit_failure(request, username or None, pending.client_id,
                              "Login failed at /auth/login: wrong username or password")
         return _html(pages.login(ep.auth + "/login", form["ticket"], csrf, pending.client_id,
                                  "Wrong username or password."), 401)
-    signed_in = flows.Pending(**{**pending.__dict__, "username": user.username})
+    try:
+        signed_in = server.sign_in(pending, user)  # user/ scopes narrowed by the user's roles
+    except flows.AuthorizeError as exc:
+        return RedirectResponse(exc.location(), status_code=303)
     ticket = await server.ticket(signed_in, csrf)
     return _html(_consent(ep, signed_in, ticket, csrf, user.patients))
 

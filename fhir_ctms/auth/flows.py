@@ -9,6 +9,12 @@
   ``client_credentials`` (``private_key_jwt`` clients, ``system/`` scopes only).
 - introspection (RFC 7662), revocation (RFC 7009), EHR launch handles.
 
+A user's ``user/`` scopes are narrowed to what its roles allow (``auth/roles.py``) when it signs
+in (so the consent page shows what can be granted), and again with its current roles when the
+code is exchanged and at every refresh (a role taken away shows at the next refresh); when the
+request asked for ``user/`` scopes and no resource scope is left, the grant is refused
+(``invalid_scope``). Failed logins are throttled (``auth/throttle.py``).
+
 The pending authorization travels between the login and consent pages as a short-lived JWT
 signed by the server (a "ticket", its own ``typ``), bound to the browser's CSRF cookie, so the
 server keeps no session state for it.
@@ -35,8 +41,11 @@ from . import scopes as sc
 from .clients import LAUNCH_ISSUER, ClientAuth, credentials
 from .discovery import Endpoints
 from .errors import OAuthError, PageError
+from .external import ExternalIssuers
 from .keys import KeyRing
 from .passwords import verify_secret
+from .roles import role_map
+from .throttle import LoginThrottle
 from .tokens import ACCESS_TYP, InvalidToken, access_claims, decode, kid_of, sign, verify_access
 
 TICKET_TYP = "fhir-ctms-authz+jwt"
@@ -93,6 +102,10 @@ class AuthServer:
         self.store, self.settings = store, settings
         self.ring = ring or KeyRing(store, settings.auth_signing_alg, settings.auth_access_token_lifetime)
         self.clients = ClientAuth(store, settings.auth_assertion_max_lifetime)
+        self.roles = role_map(settings.auth_roles_file)
+        self.external = ExternalIssuers(settings.auth_external_issuers, self.roles)
+        self.throttle = LoginThrottle(store, settings.auth_login_max_failures,
+                                      settings.auth_login_max_failures_per_address, settings.auth_login_window)
 
     # -- authorize ----------------------------------------------------------------------------
 
@@ -153,13 +166,39 @@ class AuthServer:
             raise PageError("The sign-in form was not sent by this browser: start again.")
         return Pending(**claims["p"])
 
-    async def login(self, username: str, password: str) -> UserRecord | None:
+    async def login(self, username: str, password: str, address: str | None = None) -> UserRecord | None:
+        """The user, or None for a wrong username or password (counted); ``throttle.Throttled``
+        when the username or the address has failed too often lately (nothing checked)."""
+        await self.throttle.check(username, address)
         user = await self.store.user(username) if username else None
         ok = await asyncio.to_thread(verify_secret, user.password_hash if user else None, password)
-        return user if ok and user is not None else None
+        if not ok or user is None:
+            await self.throttle.failed(username, address)
+            return None
+        await self.throttle.succeeded(username)
+        return user
+
+    def narrow(self, scope: str, user: UserRecord | None) -> str:
+        """``scope`` with its ``user/`` scopes narrowed to what ``user``'s roles allow;
+        ``invalid_scope`` when ``user/`` scopes were asked and no resource scope is left."""
+        asked = sc.parse(scope)
+        out = self.roles.narrow(asked, user.roles if user else ())
+        if not out.resources and any(r.context == "user" for r in asked.resources):
+            raise OAuthError("invalid_scope", "the user's roles allow none of the requested user/ scopes")
+        return str(out)
+
+    def sign_in(self, pending: Pending, user: UserRecord) -> Pending:
+        """The pending request once ``user`` has signed in: its scopes narrowed by the user's roles
+        (an :class:`AuthorizeError` back to the app when nothing is left)."""
+        try:
+            scope = self.narrow(pending.scope, user)
+        except OAuthError as exc:
+            raise AuthorizeError(exc.error, exc.description, pending.redirect_uri, pending.state) from exc
+        return Pending(**{**pending.__dict__, "scope": scope, "username": user.username})
 
     async def approve(self, pending: Pending, user: UserRecord, patient: str | None, ep: Endpoints) -> str:
         """The redirect to the app with a new code (``patient``: the one picked, if needed)."""
+        pending = Pending(**{**pending.__dict__, "scope": self.narrow(pending.scope, user)})  # roles now
         scopes = pending.scopes
         context: dict[str, Any] = {}
         if "launch" in scopes:
@@ -219,7 +258,9 @@ class AuthServer:
             raise OAuthError("invalid_grant", "redirect_uri differs from the authorization request's")
         if not pkce.verify(verifier, grant["challenge"]):
             raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
-        return await self._issue(client, grant, ep, grant["scope"], new_refresh=True)
+        user = await self._user(grant)
+        return await self._issue(client, grant, ep, self.narrow(grant["scope"], user), new_refresh=True,
+                                 roles=user.roles)
 
     async def _refresh(self, form: Mapping[str, str], client: ClientRecord, ep: Endpoints) -> dict[str, Any]:
         token = form.get("refresh_token")
@@ -239,10 +280,19 @@ class AuthServer:
             if not sc.covers(sc.parse(scope), asked):
                 raise OAuthError("invalid_scope", "a refresh cannot widen the original grant")
             scope = str(asked)
+        user = await self._user(stored.grant)
+        scope = self.narrow(scope, user)  # the user's roles now: one taken away narrows the new token
         if not await self.store.retire_refresh(digest(token)):  # lost a race with another use
             await self.store.revoke_family(stored.family)
             raise OAuthError("invalid_grant", "the refresh token was used before; the grant is revoked")
-        return await self._issue(client, stored.grant, ep, scope, new_refresh=True)
+        return await self._issue(client, stored.grant, ep, scope, new_refresh=True, roles=user.roles)
+
+    async def _user(self, grant: dict[str, Any]) -> UserRecord:
+        """The user a code or refresh token was granted to, as it is now."""
+        user = await self.store.user(grant["sub"])
+        if user is None:
+            raise OAuthError("invalid_grant", "the user of this grant no longer exists")
+        return user
 
     async def _client_credentials(self, form: Mapping[str, str], client: ClientRecord,
                                   ep: Endpoints) -> dict[str, Any]:
@@ -258,7 +308,7 @@ class AuthServer:
         return await self._issue(client, grant, ep, grant["scope"], new_refresh=False)
 
     async def _issue(self, client: ClientRecord, grant: dict[str, Any], ep: Endpoints, scope: str,
-                     new_refresh: bool) -> dict[str, Any]:
+                     new_refresh: bool, roles: tuple[str, ...] = ()) -> dict[str, Any]:
         s = self.settings
         scopes = sc.parse(scope)
         context = dict(grant.get("context") or {})
@@ -268,7 +318,7 @@ class AuthServer:
         key, record = await self.ring.signer()
         claims = access_claims(issuer=ep.issuer, audience=ep.issuer, client_id=client.client_id,
                                subject=grant["sub"], scope=scope, lifetime=s.auth_access_token_lifetime,
-                               context=context)
+                               context=context, roles=roles)
         out: dict[str, Any] = {"access_token": sign(key, record.kid, record.alg, claims, ACCESS_TYP),
                                "token_type": "Bearer", "expires_in": s.auth_access_token_lifetime, "scope": scope}
         out.update({k: v for k, v in context.items() if k in _RESPONSE_KEYS})
@@ -314,7 +364,7 @@ class AuthServer:
                                "sub": g.subject, "exp": g.expires, "iat": g.issued, "iss": ep.issuer,
                                "aud": ep.issuer, "jti": g.jti}
         for name, value in (("patient", g.patient), ("encounter", g.encounter), ("fhirUser", g.fhir_user),
-                            ("fhirContext", list(g.fhir_context))):
+                            ("fhirContext", list(g.fhir_context)), ("roles", list(g.roles))):
             if value:
                 out[name] = value
         return out

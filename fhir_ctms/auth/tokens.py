@@ -4,7 +4,9 @@
 ``kid`` against the server's live keys (ES384/RS384 only, so ``alg: none`` or an HMAC made with
 a public key never verify), ``typ``, ``exp``, ``iss`` and ``aud``. It returns the grant as a
 plain :class:`AccessGrant`. Revocation (RFC 7009) is a database look-up on top:
-:func:`verify_access` does both.
+:func:`verify_access` does both, and is the one verification path of the resource server: a
+token whose ``iss`` is a configured external OpenID Connect provider is verified by
+``auth/external.py`` instead, into the same :class:`AccessGrant`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -24,6 +26,9 @@ from joserfc.jwk import KeySet
 from ..storage.auth_store import AuthStore
 from . import scopes as scope_parser
 from .keys import ALGORITHMS, KeyRing
+
+if TYPE_CHECKING:
+    from .external import ExternalIssuers
 
 ACCESS_TYP = "at+jwt"
 #: clock skew tolerated on ``exp`` and ``iat``, seconds
@@ -48,6 +53,8 @@ class AccessGrant:
     encounter: str | None = None
     fhir_user: str | None = None
     fhir_context: tuple[dict[str, Any], ...] = ()
+    roles: tuple[str, ...] = ()                 # the user's roles (auth/roles.py), which narrowed its user/ scopes
+    issuer: str | None = None                   # an external provider's; None: this server's own token
 
 
 def sign(key: Any, kid: str, alg: str, claims: dict[str, Any], typ: str = "JWT") -> str:
@@ -77,32 +84,41 @@ def kid_of(token: str) -> str | None:
         return None
 
 
+def unverified_claims(token: str | None) -> dict[str, Any] | None:
+    """The claims of a JWT, read WITHOUT verifying it (None when unreadable): only to choose how to
+    verify it, or to say who a refused token claimed to be."""
+    if not token:
+        return None
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 8192:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
 def claimed(token: str | None) -> tuple[str | None, str | None]:
     """(``sub``, ``client_id``) a JWT *claims*, read without verifying it (a client assertion's
     ``sub`` is its client id): only for the audit record of a token or client assertion that
     was refused (who it said it was). Clipped to 128 characters; (None, None) when unreadable."""
-    if not token:
-        return None, None
-    parts = token.split(".")
-    if len(parts) != 3 or len(parts[1]) > 8192:
-        return None, None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        return None, None
-    if not isinstance(claims, dict):
+    claims = unverified_claims(token)
+    if claims is None:
         return None, None
 
     def text(value: Any) -> str | None:
         return value[:128] if isinstance(value, str) and value else None
-    return text(claims.get("sub")), text(claims.get("client_id"))
+    return text(claims.get("sub")), text(claims.get("client_id") or claims.get("azp"))
 
 
 def access_claims(*, issuer: str, audience: str, client_id: str, subject: str, scope: str, lifetime: int,
-                  context: dict[str, Any]) -> dict[str, Any]:
+                  context: dict[str, Any], roles: tuple[str, ...] = ()) -> dict[str, Any]:
     now = int(time.time())
     claims: dict[str, Any] = {"iss": issuer, "aud": audience, "sub": subject, "client_id": client_id,
                               "scope": scope, "iat": now, "exp": now + lifetime, "jti": uuid.uuid4().hex}
+    if roles:
+        claims["roles"] = list(roles)  # RFC 9068 2.2.3.1
     for name in ("patient", "encounter", "fhirUser", "fhirContext"):
         if context.get(name):
             claims[name] = context[name]
@@ -120,16 +136,25 @@ def verify_access_token(token: str, keys: KeySet, *, issuer: str, audience: str)
     scope = claims.get("scope")
     if not isinstance(scope, str) or not isinstance(claims.get("jti"), str):
         raise InvalidToken("the token has no scope or jti")
+    roles = claims.get("roles")
     return AccessGrant(
         jti=claims["jti"], client_id=str(claims.get("client_id", "")), subject=str(claims.get("sub", "")),
         scopes=scope_parser.parse(scope), scope=scope, expires=claims["exp"], issued=int(claims.get("iat", 0)),
         patient=claims.get("patient"), encounter=claims.get("encounter"), fhir_user=claims.get("fhirUser"),
-        fhir_context=tuple(claims.get("fhirContext") or ()))
+        fhir_context=tuple(claims.get("fhirContext") or ()),
+        roles=tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else ())
 
 
-async def verify_access(token: str, ring: KeyRing, store: AuthStore, *, issuer: str,
-                        audience: str) -> AccessGrant:
-    """:func:`verify_access_token` with the server's keys, then refused if revoked."""
+async def verify_access(token: str, ring: KeyRing, store: AuthStore, *, issuer: str, audience: str,
+                        external: "ExternalIssuers | None" = None) -> AccessGrant:
+    """:func:`verify_access_token` with the server's keys, then refused if revoked; a token of an
+    accepted external provider (``external``) is verified by it instead. A token whose ``iss`` is
+    neither is refused at once."""
+    claims = unverified_claims(token) if external else None
+    if external and claims is not None and claims.get("iss") != issuer:
+        if external.accepts(claims.get("iss")):
+            return await external.verify(token)
+        raise InvalidToken("the token was issued by an issuer this server does not accept")
     grant = verify_access_token(token, await ring.verifier(kid_of(token)), issuer=issuer, audience=audience)
     if await store.access_revoked(grant.jti):
         raise InvalidToken("the token was revoked")

@@ -1,6 +1,7 @@
 """The resource server's access decisions: what a bearer token's SMART scopes permit.
 
-``api/rest.py`` verifies the token (``auth.tokens.verify_access``) into an
+``api/rest.py`` verifies the token (``auth.tokens.verify_access``: the server's own, or an external
+OpenID Connect provider's, ``auth/external.py``) into an
 :class:`~fhir_ctms.auth.tokens.AccessGrant` carried on ``Context.access``; :func:`guard` decides,
 for one interaction, whether its permission is granted at all (403 otherwise), and
 :class:`GuardedSession` (which ``table.perform`` gives the handler instead of the session) applies
@@ -16,8 +17,10 @@ type and system history, and what ``_include``/``_revinclude`` add. v1 ``read`` 
 What a scope grants on a type, as a :class:`Filter` (a condition the resource must meet, tested
 with the search machinery on its current version's index rows):
 
-- ``system/`` and ``user/``: every resource of the type (``user/``: the built-in users have no
-  finer access control, so a user grant is the scope itself); a granular scope
+- ``system/`` and ``user/``: every resource of the type (``user/``: what a user's roles allow
+  is decided when the token is issued, ``auth/roles.py``: the authorization server narrows a
+  user's ``user/`` scopes to its roles, and an external provider's token is narrowed by its roles
+  claim when verified, so the token's scopes are all there is to enforce here); a granular scope
   (``user/Observation.rs?category=laboratory``) its query;
 - ``patient/``: the patient compartment of the token's ``patient`` (R5 CompartmentDefinition
   Patient): ``Patient`` itself by id, a type of the compartment through its compartment

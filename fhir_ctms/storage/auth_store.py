@@ -1,4 +1,4 @@
-"""The authorization server's storage: one small interface over the auth tables (migration 0006).
+"""The authorization server's storage: one small interface over the auth tables (migrations 0006, 0007).
 
 It runs on the repository's SQLAlchemy engine (``SqlRepository.engine``), SQLAlchemy Core only,
 the same statements on SQLite and PostgreSQL. Every operation that must be atomic (using a
@@ -12,6 +12,7 @@ It stores and returns values; what they mean (hashing, checks, tokens) is ``fhir
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,8 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .schema import (auth_clients, auth_codes, auth_jti, auth_keys, auth_launches, auth_refresh_tokens,
-                     auth_revoked, auth_users)
+from .schema import (auth_clients, auth_codes, auth_jti, auth_keys, auth_launches, auth_login_failures,
+                     auth_refresh_tokens, auth_revoked, auth_users)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class UserRecord:
     fhir_user: str | None = None
     patients: tuple[str, ...] = ()
     created: int = 0
+    roles: tuple[str, ...] = ()                 # role names (auth/roles.py): the user/ scopes it may hold
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class AuthStore:
         async with self.engine.begin() as conn:
             await conn.execute(insert(auth_users).values(
                 username=u.username, password_hash=u.password_hash, fhir_user=u.fhir_user,
-                patients=json.dumps(list(u.patients)), created=u.created))
+                patients=json.dumps(list(u.patients)), created=u.created, roles=json.dumps(list(u.roles))))
 
     async def user(self, username: str) -> UserRecord | None:
         async with self.engine.connect() as conn:
@@ -116,6 +118,34 @@ class AuthStore:
         async with self.engine.begin() as conn:
             done = await conn.execute(delete(auth_users).where(auth_users.c.username == username))
         return done.rowcount > 0
+
+    async def set_roles(self, username: str, roles: tuple[str, ...]) -> bool:
+        async with self.engine.begin() as conn:
+            done = await conn.execute(update(auth_users).where(auth_users.c.username == username)
+                                      .values(roles=json.dumps(list(roles))))
+        return done.rowcount > 0
+
+    # -- failed logins (throttling) ----------------------------------------------------------------
+
+    async def add_login_failure(self, subjects: tuple[str, ...], at: int, forget_before: int) -> None:
+        """One failed login, once per subject (the username's, the address's); rows older than
+        ``forget_before`` go."""
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(auth_login_failures).where(auth_login_failures.c.at < forget_before))
+            await conn.execute(insert(auth_login_failures),
+                               [{"id": uuid.uuid4().hex, "subject": s, "at": at} for s in subjects])
+
+    async def login_failures(self, subject: str, since: int) -> list[int]:
+        """The times of ``subject``'s failed logins since ``since``, oldest first."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(auth_login_failures.c.at).where(
+                auth_login_failures.c.subject == subject, auth_login_failures.c.at >= since)
+                .order_by(auth_login_failures.c.at))).all()
+        return [r.at for r in rows]
+
+    async def clear_login_failures(self, subject: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(auth_login_failures).where(auth_login_failures.c.subject == subject))
 
     # -- authorization codes: single use ---------------------------------------------------------
 
@@ -226,4 +256,5 @@ def _client(r: Any) -> ClientRecord:
 
 
 def _user(r: Any) -> UserRecord:
-    return UserRecord(r.username, r.password_hash, r.fhir_user, tuple(json.loads(r.patients)), r.created)
+    return UserRecord(r.username, r.password_hash, r.fhir_user, tuple(json.loads(r.patients)), r.created,
+                      tuple(json.loads(r.roles or "[]")))

@@ -130,6 +130,7 @@ auth_users = Table(
     Column("fhir_user", Text, nullable=True),             # e.g. Practitioner/123
     Column("patients", Text, nullable=False),             # JSON list of Patient ids the user may pick
     Column("created", BigInteger, nullable=False),
+    Column("roles", Text, nullable=False, server_default="[]"),  # JSON list of role names (migration 0007)
 )
 
 auth_codes = Table(
@@ -171,6 +172,14 @@ auth_revoked = Table(                                     # revoked access token
     "auth_revoked", metadata,
     Column("jti", String(64), primary_key=True),
     Column("expires", BigInteger, nullable=False),
+)
+
+auth_login_failures = Table(                              # failed logins, for throttling (migration 0007)
+    "auth_login_failures", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("subject", String(200), nullable=False),       # "user:<username>" or "address:<ip>"
+    Column("at", BigInteger, nullable=False),
+    Index("ix_auth_login_failures_subject_at", "subject", "at"),
 )
 
 auth_keys = Table(

@@ -69,21 +69,35 @@ def db_upgrade() -> None:
 
 
 @app.command("import")
-def import_(files: Annotated[list[Path], typer.Argument(help="Bundle (.json) or NDJSON (.ndjson) files.")],
-            quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False) -> None:
-    """Load Bundles and NDJSON files; report what was rejected and why."""
-    from .importer import import_files
+def import_(files: Annotated[list[Path], typer.Argument(help="Bundle (.json) or NDJSON (.ndjson) files; with "
+                                                          "--clinicaltrials-gov, ClinicalTrials.gov API v2 study records.")],
+            quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+            clinicaltrials_gov: Annotated[bool, typer.Option(
+                "--clinicaltrials-gov", help="The files are ClinicalTrials.gov API v2 study records (JSON): each "
+                                             "becomes the study, its countries and sites, in one transaction.")] = False,
+            ) -> None:
+    """Load Bundles and NDJSON files, or ClinicalTrials.gov records; report what was rejected and why."""
+    from .importer import import_clinicaltrials_gov, import_files
     from .storage.migrate import upgrade
 
     async def run():
         repo = _repo()
         try:
             await upgrade(repo.engine)
+            if clinicaltrials_gov:
+                return await import_clinicaltrials_gov(files, repo, get_settings())
             return await import_files(files, repo, get_settings(), progress=not quiet)
         finally:
             await repo.close()
     report = asyncio.run(run())
-    typer.echo(f"loaded {report.loaded} resources, rejected {len(report.rejected)}")
+    if clinicaltrials_gov:
+        for line in report.studies:
+            typer.echo(f"imported {line}")
+        for line in report.notes:
+            typer.echo(f"  note: {line}", err=True)
+        typer.echo(f"imported {len(report.studies)} record(s) ({report.loaded} resources), rejected {len(report.rejected)}")
+    else:
+        typer.echo(f"loaded {report.loaded} resources, rejected {len(report.rejected)}")
     for line in report.rejected:
         typer.echo(f"  rejected: {line}", err=True)
     raise typer.Exit(1 if report.rejected else 0)

@@ -153,3 +153,55 @@ def _outcome_text(outcome: Any) -> str:
     if not isinstance(outcome, dict):
         return ""
     return "; ".join(str(i.get("diagnostics", "")) for i in outcome.get("issue", []))
+
+
+@dataclass
+class RegistryReport(Report):
+    """A ClinicalTrials.gov import: per record what was imported (``studies``) and what the record
+    lacks or the CTMS does not keep (``notes``)."""
+
+    studies: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+async def import_clinicaltrials_gov(paths: list[Path], repo: Repository, settings: Settings) -> RegistryReport:
+    """``fhir-ctms import --clinicaltrials-gov``: each ClinicalTrials.gov API v2 record (a file
+    holds one record, or an API search answer ``{"studies": [...]}``) becomes one transaction
+    Bundle (``fhir_ctms.ctgov.to_fhir``) processed like any transaction: atomic and audited, its
+    resources PUT to ids derived from the NCT number, so a re-import updates (and an unchanged
+    record writes nothing)."""
+    from .ctgov import NotARecord, convert
+
+    report = RegistryReport()
+    ctx = Context(repo=repo, settings=settings, base=settings.public_base_url or "http://localhost/fhir",
+                  actor=Actor(display="fhir-ctms import"), reason="Imported from ClinicalTrials.gov with fhir-ctms import")
+    for path in paths:
+        try:
+            value = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            report.rejected.append(f"{path}: not JSON ({exc})")
+            continue
+        except OSError as exc:
+            report.rejected.append(f"{path}: {exc.strerror or exc}")
+            continue
+        records = value.get("studies") if isinstance(value, dict) and isinstance(value.get("studies"), list) else [value]
+        for n, record in enumerate(records):
+            where = f"{path}" + (f" (study {n + 1})" if len(records) > 1 else "")
+            try:
+                conversion = convert(record)
+            except NotARecord as exc:
+                report.rejected.append(f"{where}: {exc}")
+                continue
+            try:
+                tx = loads(orjson.dumps(conversion.bundle()))  # read as a request body is (decimals exact)
+                result = await bundle.process(FhirRequest(method="POST", interaction="bundle", resource=tx), ctx)
+            except FhirError as exc:
+                report.rejected.append(f"{where}: {conversion.nct_id}: {_why(exc)} (nothing from this record was imported)")
+                continue
+            report.loaded += len(result.body["entry"])
+            sites = sum(1 for r in conversion.resources if r["resourceType"] == "ResearchStudy" and "-site-" in r["id"])
+            countries = sum(1 for r in conversion.resources if r["resourceType"] == "ResearchStudy") - sites - 1
+            report.studies.append(f"{conversion.nct_id}: ResearchStudy/{conversion.resources[0]['id']} with {sites} "
+                                  f"site(s) in {countries} country(ies), {len(conversion.resources)} resources")
+            report.notes += [f"{conversion.nct_id}: {line}" for line in conversion.missing]
+    return report

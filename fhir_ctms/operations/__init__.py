@@ -54,7 +54,9 @@ def declare(definition_file: str, handler: Callable[..., Awaitable[Any]]) -> Ope
     d = profiles.resource(definition_file, profiles.DEFAULT)
     if d.get("resourceType") != "OperationDefinition" or d.get("kind") != "operation":
         raise ValueError(f"{definition_file}: not an OperationDefinition of kind operation")
-    types = frozenset(d.get("resource") or RESOURCE_TYPES)
+    named = d.get("resource") or ["Resource"]
+    # "Resource" (HL7's Resource-validate): every type; abstract types name no concrete one
+    types = frozenset(RESOURCE_TYPES) if "Resource" in named or "DomainResource" in named else frozenset(named)
     op = Operation(d["code"], d["url"], types, bool(d.get("system")), bool(d.get("type")),
                    bool(d.get("instance")), handler, bool(d.get("affectsState", True)), d)
     OPERATIONS.append(op)
@@ -70,6 +72,11 @@ def parameters(req: Any, op: Operation) -> list[tuple[str, Any]]:
     only primitive parameters in the URL)."""
     if req.method == "POST" and req.body.strip():
         body = loads(req.body)
+        if (isinstance(body, dict) and isinstance(body.get("resourceType"), str)
+                and body["resourceType"] != "Parameters" and _takes_resource(op)):
+            # R5 operations.html: an operation with one resource input may be sent that
+            # resource as the body ($validate), its other inputs in the query
+            return [("resource", body), *((k, v) for k, v in req.params if k not in ("_format", "_pretty"))]
         if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
             raise BadRequest(f"${op.code}: the body must be a Parameters resource")
         given = body.get("parameter") or []
@@ -83,6 +90,12 @@ def parameters(req: Any, op: Operation) -> list[tuple[str, Any]]:
             out.append((p["name"], values[0] if values else p.get("resource")))
         return out
     return [(k, v) for k, v in req.params if k not in ("_format", "_pretty")]
+
+
+def _takes_resource(op: Operation) -> bool:
+    ins = [p for p in op.definition.get("parameter") or [] if p.get("use") == "in"]
+    return sum(p.get("type") == "Resource" for p in ins) == 1 and any(
+        p.get("name") == "resource" and p.get("type") == "Resource" for p in ins)
 
 
 async def invoke(req: Any, ctx: Any, s: Any = None) -> Any:
@@ -106,17 +119,14 @@ async def invoke(req: Any, ctx: Any, s: Any = None) -> Any:
     return await op.handler(req, ctx, parameters(req, op))
 
 
-from . import reindex as _reindex  # noqa: E402 - the operations, declared by their definitions
+# the operations, each declared by its definition (imported here: their modules use the registry)
+from . import (enrollment, expand, registry_export, reindex, schedule,  # noqa: E402
+               validate, validate_code)
 
-declare("OperationDefinition-reindex.json", _reindex.reindex)
-from . import expand as _expand, validate_code as _validate_code  # noqa: E402
-
-declare("OperationDefinition-ValueSet-expand.json", _expand.expand)
-declare("OperationDefinition-ValueSet-validate-code.json", _validate_code.validate_code)
-from . import validate as _validate  # noqa: E402
-
-_validate.every_type(declare("OperationDefinition-Resource-validate.json", _validate.validate))
-from . import enrollment as _enrollment, schedule as _schedule  # noqa: E402
-
-declare("OperationDefinition-ResearchStudy-enrollment.json", _enrollment.enrollment)
-declare("OperationDefinition-ResearchSubject-schedule.json", _schedule.schedule)
+declare("OperationDefinition-reindex.json", reindex.reindex)
+declare("OperationDefinition-Resource-validate.json", validate.validate)
+declare("OperationDefinition-ValueSet-expand.json", expand.expand)
+declare("OperationDefinition-ValueSet-validate-code.json", validate_code.validate_code)
+declare("OperationDefinition-ResearchStudy-enrollment.json", enrollment.enrollment)
+declare("OperationDefinition-ResearchSubject-schedule.json", schedule.schedule)
+declare("OperationDefinition-ResearchStudy-registry-export.json", registry_export.registry_export)

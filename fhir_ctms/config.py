@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     max_bundle_entries: int = 10_000
     #: The base URL clients see (behind a proxy); by default derived from each request.
     public_base_url: str | None = None
+    #: Origins whose browser apps may call the API, discovery and the token endpoint (CORS; SMART
+    #: App Launch 2.2 asks it of servers that serve browser apps). ``*`` (the default): any origin,
+    #: without credentials (the API takes bearer tokens, never cookies). ``[]``: no CORS headers.
+    cors_origins: list[str] = ["*"]
     #: CTMS profiles mandatory: a ResearchStudy must conform to ctms-study/-country/-site (by its
     #: study-level classifier), a ResearchSubject to ctms-subject, etc. (fhir_ctms/validation),
     #: claimed or not. Off: only the profiles a resource claims in meta.profile are checked.

@@ -9,11 +9,10 @@ the endpoints and redirects to the real login page (PKCE S256); the user signs i
 on ``index.html`` the library exchanges the code and the page reads the patient's
 ResearchSubjects and the study in context, and writes them as JSON into ``<pre id=result>``.
 
-Where the app lives: the app's HTTP server also passes ``/fhir`` and ``/auth`` through to the
-FHIR server, so the app and the server share an origin (as when both are served behind one
-host). The server sends no CORS headers yet, so an app on an origin of its own cannot call it
-from the browser: ``test_cross_origin_app`` shows that, and is expected to fail until CORS is
-supported (SMART App Launch 2.2 asks it of servers that serve browser apps).
+Where the app lives: in the main test the app's HTTP server also passes ``/fhir`` and ``/auth``
+through to the FHIR server, so the app and the server share an origin (as when both are served
+behind one host); ``test_cross_origin_app`` serves the app from an origin of its own, so every
+call of the library (discovery, the token endpoint, the FHIR API) is a CORS request.
 """
 
 from __future__ import annotations
@@ -401,8 +400,6 @@ def test_denied_consent_gives_the_app_no_token(live_server, fresh_database_url, 
     assert not [u for u in urls if urlsplit(u).path in ("/auth/token",) or "/fhir/ResearchSubject" in u]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the server sends no CORS headers: a browser app on an origin of "
-                                       "its own cannot read discovery, the token endpoint or the FHIR API")
 def test_cross_origin_app(live_server, fresh_database_url, app_server, tmp_path):
     server, app, iss = _setup(live_server, fresh_database_url, app_server, tmp_path, same_origin=False)
     handle = _ehr_launch(server.url, PATIENT_1)

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..config import Settings, get_settings
@@ -30,13 +31,31 @@ PREFIX = "/fhir"
 WELL_KNOWN = PREFIX + "/.well-known/"
 
 
+#: what a browser app may send and read across origins (CORS): the FHIR headers it needs
+CORS_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+CORS_EXPOSED = ("Location", "Content-Location", "ETag", "Last-Modified", "WWW-Authenticate", "Retry-After")
+
+
 class Server:
-    """The ASGI callable uvicorn serves: a path test, then one of the two apps."""
+    """The ASGI callable uvicorn serves: a path test, then one of the two apps. A request with
+    an ``Origin`` header (a browser app's, or its preflight) goes through Starlette's
+    ``CORSMiddleware`` first; others skip it, so API clients pay nothing for CORS."""
 
     def __init__(self, state: State, rest: FhirRest, web: FastAPI) -> None:
         self.state, self.rest, self.web = state, rest, web
+        origins = state.settings.cors_origins
+        self.cors = CORSMiddleware(self.dispatch, allow_origins=origins, allow_methods=CORS_METHODS,
+                                   allow_headers=["*"], expose_headers=CORS_EXPOSED,
+                                   max_age=600) if origins else None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.cors is not None and scope["type"] == "http" and any(
+                k == b"origin" for k, _ in scope["headers"]):
+            await self.cors(scope, receive, send)
+            return
+        await self.dispatch(scope, receive, send)
+
+    async def dispatch(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path = scope["path"]
             if (path.startswith(PREFIX) and (len(path) == len(PREFIX) or path[len(PREFIX)] == "/")

@@ -12,23 +12,24 @@ from dataclasses import replace
 from ..resources.validate import validate_resource
 from ..storage.repository import Session
 from .common import body_resource, forbid_audit_write, match_conditional, require_type, single_match
+from ..config import Settings
 from .context import Context, FhirRequest, FhirResponse
 from .persist import new_id, write
 
 
-def prepare(req: FhirRequest) -> FhirRequest:
+def prepare(req: FhirRequest, settings: Settings) -> FhirRequest:
     """Everything create checks without the database: type, body and validation."""
     rtype = require_type(req.type)
     forbid_audit_write(rtype, "create")  # only the server writes audit records
     resource = body_resource(req, rtype)
     resource.pop("id", None)
-    validate_resource(resource)
+    validate_resource(resource, settings)
     return replace(req, resource=resource, prepared=True)
 
 
 async def create(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
     if not req.prepared:
-        req = prepare(req)
+        req = prepare(req, ctx.settings)
     rtype, resource = req.type, req.resource
     assert rtype is not None and resource is not None
     criteria = req.header("if-none-exist")

@@ -56,6 +56,6 @@ async def patch(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
                             issues=[Issue("processing", f"The patch cannot be applied: {exc}")]) from exc
     if not isinstance(patched, dict) or patched.get("resourceType") != rtype or patched.get("id") != rid:
         raise Unprocessable("A patch may not change the resourceType or id")
-    validate_resource(patched)
+    validate_resource(patched, ctx.settings)
     stored = await write(s, ctx, rtype, rid, patched, "patch", current)
     return FhirResponse(200, raw=stored.content, stored=stored)

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .. import operations
+from ..config import Settings
 from ..errors import Forbidden
 from ..storage.repository import Session
 from . import access
@@ -40,7 +41,7 @@ class Interaction:
     writes: bool
     #: checks that need no database (parsing, validation), run before a session opens, so
     #: that a write session (which holds the writer lock) spends its time on the database
-    prepare: Callable[[FhirRequest], FhirRequest] | None = None
+    prepare: Callable[[FhirRequest, Settings], FhirRequest] | None = None
 
 
 INTERACTIONS: dict[str, Interaction] = {
@@ -84,7 +85,7 @@ async def _perform(req: FhirRequest, ctx: Context, s: Session | None) -> FhirRes
             return await spec.handler(req, ctx, s)
         return await guard.run(spec.handler, req, ctx, s)
     if spec.prepare is not None:
-        req = spec.prepare(req)
+        req = spec.prepare(req, ctx.settings)
     async with ctx.repo.session(write=spec.writes) as own:
         if guard is None:
             return await spec.handler(req, ctx, own)

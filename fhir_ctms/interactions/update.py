@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from ..config import Settings
 from ..errors import BadRequest, Conflict
 from ..resources.json import loads
 from ..resources.validate import validate_resource
@@ -44,7 +45,7 @@ def _same_content(a: dict[str, Any], stored: Stored) -> bool:
     return strip(a) == strip(b)
 
 
-def prepare(req: FhirRequest) -> FhirRequest:
+def prepare(req: FhirRequest, settings: Settings) -> FhirRequest:
     """An update by id, checked without the database: type, body, id and validation.
     (A conditional update learns its id from the database, so it validates there.)"""
     if req.id is None:
@@ -55,20 +56,20 @@ def prepare(req: FhirRequest) -> FhirRequest:
     rid = require_id(req.id)
     if resource.get("id") != rid:
         raise BadRequest(f"The resource id {resource.get('id')!r} does not match the URL's id {rid!r}")
-    validate_resource(resource)
+    validate_resource(resource, settings)
     return replace(req, resource=resource, prepared=True)
 
 
 async def update(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
     if req.id is not None:
         if not req.prepared:
-            req = prepare(req)
+            req = prepare(req, ctx.settings)
         rtype, resource, rid = req.type, req.resource, req.id
         assert rtype is not None and resource is not None
     else:
         rtype, resource = await _conditional_target(req, s)
         rid = resource["id"]
-        validate_resource(resource)
+        validate_resource(resource, ctx.settings)
     current = await s.current(rtype, rid)
     check_preconditions(req, current)
     if current is not None and _same_content(resource, current):

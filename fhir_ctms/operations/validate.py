@@ -29,21 +29,11 @@ from typing import Any
 from ..errors import BadRequest, Gone, Issue, NotFound, operation_outcome
 from ..interactions.context import Context, FhirRequest, FhirResponse
 from ..resources.json import loads
-from ..resources.registry import AUDIT_TYPES, RESOURCE_TYPES
+from ..resources.registry import AUDIT_TYPES
 from ..resources.validate import check_resource
 
 _INPUTS = {"resource", "mode", "profile", "usageContext"}
 _MODES = {"create", "update", "delete"}
-
-
-def every_type(op: Any) -> Any:
-    """The definition says ``resource: [Resource]`` (every type): the registry lists types, so
-    the declared operation is widened to every resource type."""
-    from . import OPERATIONS
-
-    widened = replace(op, resource_types=frozenset(RESOURCE_TYPES))
-    OPERATIONS[OPERATIONS.index(op)] = widened
-    return widened
 
 
 def _one(params: list[tuple[str, Any]], name: str) -> Any:

@@ -10,9 +10,9 @@ against their definitions (``fhir_ctms.validation``); an error there is a 422
 too, warnings are not. All report locations as
 ``OperationOutcome.issue.expression`` paths.
 
-The two profile options are read from the process's settings (``get_settings``:
-the ``FHIR_CTMS_*`` environment), since the interactions' ``prepare`` step that
-calls :func:`validate_resource` runs without a request context.
+The two profile options come from the app's settings (the interactions pass
+``ctx.settings``), else from the process's (``get_settings``: the ``FHIR_CTMS_*``
+environment).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from fhir.resources import get_fhir_model_class
 from pydantic import ValidationError
 
-from ..config import get_settings
+from ..config import Settings, get_settings
 from ..errors import Issue, Unprocessable
 from .bindings import check_required_bindings
 from .registry import is_valid_id
@@ -56,9 +56,10 @@ def _text(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def validate_resource(resource: dict[str, Any]) -> None:
-    """Raise :class:`Unprocessable` (422) listing every problem found, or return."""
-    settings = get_settings()
+def validate_resource(resource: dict[str, Any], settings: Settings | None = None) -> None:
+    """Raise :class:`Unprocessable` (422) listing every problem found, or return. The profile
+    options come from ``settings`` (the app's), else the process's."""
+    settings = settings or get_settings()
     issues = check_resource(resource, require=settings.require_profiles,
                             reject_unknown=settings.reject_unknown_profiles)
     errors = [i for i in issues if i.severity in ("error", "fatal")]

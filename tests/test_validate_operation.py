@@ -144,6 +144,29 @@ async def test_mandatory_profiles_follow_the_server_settings(repo, client) -> No
         assert issues(r) == [("error", "required", ["ResearchStudy.region"])]
 
 
+async def test_the_resource_itself_as_the_body(client) -> None:
+    """R5 operations.html: an operation with a single resource input takes that resource as the
+    body, its other parameters in the query."""
+    r = await client.post("/ResearchStudy/$validate", json=site(), headers=FHIR)
+    assert issues(r) == NO_ISSUES
+    bad = {**site(), "recruitment": {}}
+    r = await client.post("/ResearchStudy/$validate?mode=create", json=bad, headers=FHIR)
+    assert issues(r) == [("error", "required", ["ResearchStudy.recruitment.targetNumber"])]
+
+
+async def test_mandatory_profiles_on_writes_follow_the_app_settings(repo, client) -> None:
+    from .conftest import make_client
+
+    unclaimed = site()
+    del unclaimed["meta"]
+    del unclaimed["region"]
+    async with make_client(repo, require_profiles=True) as strict:
+        r = await strict.post("/ResearchStudy", json=unclaimed, headers=FHIR)
+        assert r.status_code == 422 and "ResearchStudy.region" in r.text
+    r = await client.post("/ResearchStudy", json=unclaimed, headers=FHIR)
+    assert r.status_code == 201
+
+
 async def test_what_cannot_run_is_a_400(client) -> None:
     r = await client.post("/ResearchStudy/$validate", json=params(), headers=FHIR)
     assert r.status_code == 400

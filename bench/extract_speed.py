@@ -47,7 +47,7 @@ TYPICAL_PATIENT = {
 
 
 def examples() -> dict[str, dict]:
-    acme = json.loads((ROOT / "examples" / "acme-101-study.json").read_text(encoding="utf-8"))
+    acme = json.loads((ROOT / "examples" / "acme-101-1-study.json").read_text(encoding="utf-8"))
     by_id = {e["resource"]["id"]: e["resource"] for e in acme["entry"]}
 
     def r5(name: str) -> dict:
@@ -56,7 +56,7 @@ def examples() -> dict[str, dict]:
     return {
         "typical Patient": TYPICAL_PATIENT,
         "ResearchStudy acme-101": by_id["acme-101"],
-        "ResearchSubject subj-001": by_id["subj-001"],
+        "ResearchSubject subj-gb-01-001": by_id["subj-gb-01-001"],
         "Patient-example": r5("Patient-example.json"),
         "Observation-f001": r5("Observation-f001.json"),
         "ResearchSubject-example": r5("ResearchSubject-example-crossover-placebo-to-drug.json"),

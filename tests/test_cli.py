@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "acme-101-study.json"
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.json"))  # as `make run` loads them
 CLI = [sys.executable, "-m", "fhir_ctms.cli"]
 
 
@@ -19,16 +19,20 @@ def run(database_url, *args):
 
 def test_import_example_twice_then_verify(fresh_database_url, live_server):
     url = fresh_database_url()
-    first = run(url, "import", "--quiet", str(EXAMPLE))
+    assert [p.name for p in EXAMPLES] == ["acme-101-1-study.json", "acme-101-2-amendment.json"]
+    entries = [orjson.loads(p.read_bytes())["entry"] for p in EXAMPLES]
+    first = run(url, "import", "--quiet", *map(str, EXAMPLES))
     assert first.returncode == 0, first.stderr
-    assert "loaded 34 resources, rejected 0" in first.stdout
-    second = run(url, "import", "--quiet", str(EXAMPLE))
+    assert f"loaded {sum(map(len, entries))} resources, rejected 0" in first.stdout
+    second = run(url, "import", "--quiet", str(EXAMPLES[-1]))  # the last file again: a no-op
     assert second.returncode == 0
     verdict = run(url, "audit", "verify")
-    assert verdict.returncode == 0 and "intact: 68 records" in verdict.stdout  # 2nd import was a no-op
+    writes = sum(map(len, entries))  # one version per entry, each with a Provenance and an AuditEvent
+    assert verdict.returncode == 0 and f"intact: {2 * writes} records" in verdict.stdout, verdict.stdout
     server = live_server(database_url=url)
-    site = httpx.get(server.url + "/ResearchStudy/site-uk-01").json()
-    assert site["partOf"][0]["reference"] == "ResearchStudy/acme-101"
+    site = httpx.get(server.url + "/ResearchStudy/site-gb-01").json()
+    assert site["partOf"][0]["reference"] == "ResearchStudy/acme-101-gb"
+    assert site["meta"]["versionId"] == "2"  # protocol 1.0, then the amendment
 
 
 def test_import_reports_what_was_rejected(fresh_database_url, tmp_path):

@@ -59,10 +59,26 @@ async def load(client, *resources: dict[str, Any]) -> None:
     assert r.status_code == 200, r.text
 
 
+# The example study (examples/acme-101-1-study.json) without its staff, consents and visits:
+# the study, its countries and sites, institutions, units, protocol, patients and subjects.
+ACME_TYPES = {"Organization", "Location", "ResearchStudy", "PlanDefinition", "Patient", "ResearchSubject"}
+ACME = [e["resource"] for e in json.loads((ROOT / "examples" / "acme-101-1-study.json").read_text(encoding="utf-8"))[
+    "entry"] if e["resource"]["resourceType"] in ACME_TYPES]
+
+
+def subjects_at(*sites: str) -> set[str]:
+    """'ResearchSubject/id' of the example's subjects at these sites (read from the file)."""
+    refs = {f"ResearchStudy/{s}" for s in sites}
+    return {f"ResearchSubject/{r['id']}" for r in ACME
+            if r["resourceType"] == "ResearchSubject" and r["study"]["reference"] in refs}
+
+
+def patients_at(*sites: str) -> set[str]:
+    return {f"Patient/pat-{s.removeprefix('ResearchSubject/subj-')}" for s in subjects_at(*sites)}
+
+
 async def load_acme(client) -> None:
-    body = json.loads((ROOT / "examples" / "acme-101-study.json").read_text())
-    r = await client.post("", json=body)
-    assert r.status_code == 200, r.text
+    await load(client, *ACME)
 
 
 async def search(client, path: str, params: Any = None, **kw) -> dict[str, Any]:
@@ -741,40 +757,51 @@ async def test_empty_parameter_is_ignored(client):
 
 # -- chaining and reverse chaining (search.html#chaining, #has) -----------------------------------
 
-DE = {f"ResearchSubject/subj-00{n}" for n in (5, 6, 7, 8)}
-UK = {f"ResearchSubject/subj-00{n}" for n in (1, 2, 3, 4)}
+DE = subjects_at("site-de-01")
+GB = subjects_at("site-gb-01")
+FR = subjects_at("site-fr-01", "site-fr-02", "site-fr-03")
+SITES = {f"ResearchStudy/{r['id']}" for r in ACME if r["resourceType"] == "ResearchStudy"
+         and r["classifier"][0]["coding"][0]["code"] == "site"}
+
+
+def test_the_example_subsets_are_not_trivial():
+    assert len(DE) > 4 and len(GB) > 4 and len(FR) > 4 and len(SITES) == 8
+    assert not DE & GB and not GB & FR
 
 
 async def test_chain_on_study_title(client):
+    """'ACME-101 at Universitätsklinikum Rheinau': the string search ignores case and accents."""
     await load_acme(client)
-    assert await ids(client, "/ResearchSubject", {"study.title": "acme-101 at charite"}) == DE
+    assert await ids(client, "/ResearchSubject", {"study.title": "acme-101 at universitatsklinikum"}) == DE
 
 
 async def test_chain_with_type_modifier(client):
     """#chaining: 'subject:Patient.name=peter'."""
     await load_acme(client)
-    patient = (await client.get("/Patient/pat-003")).json()
+    patient = (await client.get("/Patient/pat-gb-01-003")).json()
     await load(client, {**patient, "name": name("Zoë", "Quinn")})
-    assert await ids(client, "/ResearchSubject", {"subject:Patient.name": "zoe"}) == {"ResearchSubject/subj-003"}
-    assert await ids(client, "/ResearchSubject", {"patient.identifier": "http://example.org/site-uk-01/mrn|MRN00002"}) == {
-        "ResearchSubject/subj-002"}
+    assert await ids(client, "/ResearchSubject", {"subject:Patient.name": "zoe"}) == {"ResearchSubject/subj-gb-01-003"}
+    (mrn,) = next(r for r in ACME if r["id"] == "pat-gb-01-002")["identifier"]
+    assert await ids(client, "/ResearchSubject", {"patient.identifier": f"{mrn['system']}|{mrn['value']}"}) == {
+        "ResearchSubject/subj-gb-01-002"}
 
 
 async def test_chain_two_levels(client):
     await load_acme(client)
-    assert await ids(client, "/ResearchSubject", {"study.part-of.identifier": "http://clinicaltrials.gov|NCT09990101"}) == UK | DE
-    assert await ids(client, "/ResearchSubject", {"study.site:Organization.name": "Charité"}) == DE
+    assert await ids(client, "/ResearchSubject", {"study.part-of.title": "ACME-101 in Germany"}) == DE
+    assert await ids(client, "/ResearchSubject", {"study.part-of.region": "urn:iso:std:iso:3166|FR"}) == FR
+    assert await ids(client, "/ResearchSubject", {"study.site:Organization.name": "Universitätsklinikum"}) == DE
     assert await ids(client, "/ResearchSubject", {"study.part-of.title": "no such study"}) == set()
 
 
 async def test_reverse_chain(client):
     """#has: 'Patient?_has:Observation:patient:code=1234-5'."""
     await load_acme(client)
-    assert await ids(client, "/Patient", {"_has:ResearchSubject:patient:study": "ResearchStudy/site-de-01"}) == {
-        f"Patient/pat-00{n}" for n in (5, 6, 7, 8)}
-    subject = (await client.get("/ResearchSubject/subj-008")).json()
+    assert await ids(client, "/Patient", {"_has:ResearchSubject:patient:study": "ResearchStudy/site-de-01"}) == (
+        patients_at("site-de-01"))
+    subject = (await client.get("/ResearchSubject/subj-de-01-008")).json()
     await load(client, {**subject, "status": "retired"})
-    assert await ids(client, "/Patient", {"_has:ResearchSubject:patient:status": "retired"}) == {"Patient/pat-008"}
+    assert await ids(client, "/Patient", {"_has:ResearchSubject:patient:status": "retired"}) == {"Patient/pat-de-01-008"}
 
 
 async def test_reverse_chain_nested(client):
@@ -782,11 +809,11 @@ async def test_reverse_chain_nested(client):
     await load_acme(client)
     await load(client, study("other-study"), study("other-site", partOf=[{"reference": "ResearchStudy/other-study"}]))
     assert await ids(client, "/ResearchStudy", {
-        "_has:ResearchStudy:part-of:_has:ResearchSubject:study:patient": "Patient/pat-005"}) == {
-        "ResearchStudy/acme-101"}
+        "_has:ResearchStudy:part-of:_has:ResearchSubject:study:patient": "Patient/pat-de-01-005"}) == {
+        "ResearchStudy/acme-101-de"}
     assert await ids(client, "/Organization", {
-        "_has:ResearchStudy:site:_has:ResearchSubject:study:patient": "Patient/pat-001"}) == {
-        "Organization/org-site-uk-01"}
+        "_has:ResearchStudy:site:_has:ResearchSubject:study:patient": "Patient/pat-gb-01-001"}) == {
+        "Organization/org-gb-01"}
 
 
 # -- the CTMS questions ---------------------------------------------------------------------------
@@ -794,17 +821,17 @@ async def test_reverse_chain_nested(client):
 async def test_which_studies_is_this_patient_in(client):
     await load_acme(client)
     b = await search(client, "/ResearchSubject",
-                     {"patient": "Patient/pat-005", "_include": "ResearchSubject:study"})
-    assert matches(b) == ["ResearchSubject/subj-005"]
+                     {"patient": "Patient/pat-de-01-005", "_include": "ResearchSubject:study"})
+    assert matches(b) == ["ResearchSubject/subj-de-01-005"]
     assert included(b) == ["ResearchStudy/site-de-01"]
 
 
 async def test_which_sites_of_this_study_are_active(client):
     await load_acme(client)
-    fr = (await client.get("/ResearchStudy/site-fr-01")).json()
+    fr = (await client.get("/ResearchStudy/site-fr-03")).json()
     await load(client, {**fr, "status": "retired"})
-    assert await ids(client, "/ResearchStudy", {"part-of": "ResearchStudy/acme-101", "status": "active"}) == {
-        "ResearchStudy/site-uk-01", "ResearchStudy/site-de-01"}
+    assert await ids(client, "/ResearchStudy", {"part-of": "ResearchStudy/acme-101-fr", "status": "active"}) == {
+        "ResearchStudy/site-fr-01", "ResearchStudy/site-fr-02"}
 
 
 async def test_research_study_parameters(client):
@@ -812,30 +839,31 @@ async def test_research_study_parameters(client):
     await load_acme(client)
     await load(client, study("other", phase={"coding": [{"system": "http://hl7.org/fhir/research-study-phase",
                                                          "code": "phase-3"}]},
-                             identifier=[{"system": "http://clinicaltrials.gov", "value": "NCT00000002"}]))
-    sites = {"ResearchStudy/site-uk-01", "ResearchStudy/site-de-01", "ResearchStudy/site-fr-01"}
+                             identifier=[{"system": "https://clinicaltrials.gov", "value": "NCT00000002"}]))
     acme = {"ResearchStudy/acme-101"}
-    assert await ids(client, "/ResearchStudy", {"identifier": "http://clinicaltrials.gov|NCT09990101"}) == acme
+    gb = {"ResearchStudy/acme-101-gb", "ResearchStudy/site-gb-01", "ResearchStudy/site-gb-02", "ResearchStudy/site-gb-03"}
+    assert await ids(client, "/ResearchStudy", {"identifier": "https://clinicaltrials.gov|NCT09990101"}) == acme
     assert await ids(client, "/ResearchStudy", {"identifier": "ACME-101"}) == acme
-    assert await ids(client, "/ResearchStudy", {"identifier": "http://clinicaltrials.gov|"}) == acme | {"ResearchStudy/other"}
+    assert await ids(client, "/ResearchStudy", {"identifier": "https://clinicaltrials.gov|"}) == acme | {"ResearchStudy/other"}
     assert await ids(client, "/ResearchStudy", {"identifier:text": "sponsor protocol"}) == acme  # Identifier.type.text
     assert await ids(client, "/ResearchStudy", {"phase": "http://hl7.org/fhir/research-study-phase|phase-2"}) == acme
-    assert await ids(client, "/ResearchStudy", {"title": "acme-101 at"}) == sites
+    assert await ids(client, "/ResearchStudy", {"title": "acme-101 at"}) == SITES
     assert await ids(client, "/ResearchStudy", {"title:contains": "asthma"}) == acme
-    assert await ids(client, "/ResearchStudy", {"region": "urn:iso:std:iso:3166|GB"}) == {"ResearchStudy/site-uk-01"}
-    assert await ids(client, "/ResearchStudy", {"site": "Organization/org-site-de-01"}) == {"ResearchStudy/site-de-01"}
+    assert await ids(client, "/ResearchStudy", {"region": "urn:iso:std:iso:3166|GB"}) == acme | gb
+    assert await ids(client, "/ResearchStudy", {"site": "Organization/org-de-01"}) == {"ResearchStudy/site-de-01"}
     assert await ids(client, "/ResearchStudy", {"part-of:missing": "true"}) == acme | {"ResearchStudy/other"}
-    assert await ids(client, "/ResearchStudy", {"recruitment-target": "40"}) == sites
+    assert await ids(client, "/ResearchStudy", {"recruitment-target": "16"}) == {
+        "ResearchStudy/site-gb-01", "ResearchStudy/site-de-01"}
 
 
 # -- _include and _revinclude (search.html#include) -----------------------------------------------
 
 async def test_include_never_duplicates(client):
-    """#entries: 'entries are unique (not allowed to repeat)'; four subjects share one study."""
+    """#entries: 'entries are unique (not allowed to repeat)'; a site's subjects share one study."""
     await load_acme(client)
     b = await search(client, "/ResearchSubject",
-                     {"study": "ResearchStudy/site-uk-01", "_include": "ResearchSubject:study"})
-    assert set(matches(b)) == UK and included(b) == ["ResearchStudy/site-uk-01"]
+                     {"study": "ResearchStudy/site-gb-01", "_include": "ResearchSubject:study"})
+    assert set(matches(b)) == GB and included(b) == ["ResearchStudy/site-gb-01"]
     urls = [e["fullUrl"] for e in b["entry"]]
     assert len(urls) == len(set(urls))
 
@@ -845,16 +873,16 @@ async def test_a_match_is_not_repeated_as_an_include(client):
     circumstances, match takes precedence'."""
     await load_acme(client)
     b = await search(client, "/ResearchStudy",
-                     {"_id": "acme-101,site-uk-01", "_include": "ResearchStudy:part-of"})
-    assert set(matches(b)) == {"ResearchStudy/acme-101", "ResearchStudy/site-uk-01"}
+                     {"_id": "acme-101,acme-101-gb", "_include": "ResearchStudy:part-of"})
+    assert set(matches(b)) == {"ResearchStudy/acme-101", "ResearchStudy/acme-101-gb"}
     assert included(b) == []
 
 
 async def test_include_with_target_type(client):
     await load_acme(client)
-    b = await search(client, "/ResearchSubject", {"_id": "subj-001", "_include": "ResearchSubject:subject:Patient"})
-    assert included(b) == ["Patient/pat-001"]
-    b = await search(client, "/ResearchSubject", {"_id": "subj-001", "_include": "ResearchSubject:subject:Device"})
+    b = await search(client, "/ResearchSubject", {"_id": "subj-gb-01-001", "_include": "ResearchSubject:subject:Patient"})
+    assert included(b) == ["Patient/pat-gb-01-001"]
+    b = await search(client, "/ResearchSubject", {"_id": "subj-gb-01-001", "_include": "ResearchSubject:subject:Device"})
     assert included(b) == []
 
 
@@ -862,30 +890,31 @@ async def test_include_iterate(client):
     """#include: iterative 'if (and only if) the modifier :iterate is included'."""
     await load_acme(client)
     once = await search(client, "/ResearchSubject", [
-        ("_id", "subj-001"), ("_include", "ResearchSubject:study"), ("_include", "ResearchStudy:part-of")])
-    assert set(included(once)) == {"ResearchStudy/site-uk-01"}
+        ("_id", "subj-gb-01-001"), ("_include", "ResearchSubject:study"), ("_include", "ResearchStudy:part-of")])
+    assert set(included(once)) == {"ResearchStudy/site-gb-01"}
     again = await search(client, "/ResearchSubject", [
-        ("_id", "subj-001"), ("_include", "ResearchSubject:study"), ("_include:iterate", "ResearchStudy:part-of")])
-    assert set(included(again)) == {"ResearchStudy/site-uk-01", "ResearchStudy/acme-101"}
+        ("_id", "subj-gb-01-001"), ("_include", "ResearchSubject:study"),
+        ("_include:iterate", "ResearchStudy:part-of")])
+    assert set(included(again)) == {"ResearchStudy/site-gb-01", "ResearchStudy/acme-101-gb", "ResearchStudy/acme-101"}
     assert all(e["search"]["mode"] == "include" for e in again["entry"][1:])
 
 
 async def test_revinclude(client):
     await load_acme(client)
-    b = await search(client, "/ResearchStudy", {"_id": "site-uk-01", "_revinclude": "ResearchSubject:study"})
-    assert matches(b) == ["ResearchStudy/site-uk-01"]
-    assert sorted(included(b)) == sorted(UK)
+    b = await search(client, "/ResearchStudy", {"_id": "site-gb-01", "_revinclude": "ResearchSubject:study"})
+    assert matches(b) == ["ResearchStudy/site-gb-01"]
+    assert sorted(included(b)) == sorted(GB)
 
 
 async def test_revinclude_iterate(client):
-    """The study, its sites (revinclude part-of) and, iterating, the sites' subjects."""
+    """A country, its sites (revinclude part-of) and, iterating, the sites' subjects."""
     await load_acme(client)
     b = await search(client, "/ResearchStudy", [
-        ("_id", "acme-101"), ("_revinclude", "ResearchStudy:part-of"),
+        ("_id", "acme-101-fr"), ("_revinclude", "ResearchStudy:part-of"),
         ("_revinclude:iterate", "ResearchSubject:study")])
     inc = included(b)
     assert len(inc) == len(set(inc))
-    assert set(inc) == {"ResearchStudy/site-uk-01", "ResearchStudy/site-de-01", "ResearchStudy/site-fr-01"} | UK | DE
+    assert set(inc) == {"ResearchStudy/site-fr-01", "ResearchStudy/site-fr-02", "ResearchStudy/site-fr-03"} | FR
 
 
 async def test_includes_come_with_each_page(client, page_size):
@@ -893,9 +922,10 @@ async def test_includes_come_with_each_page(client, page_size):
     in each page'."""
     await load_acme(client)
     found, pages = await every_page(page_size(1), "/ResearchStudy", {
-        "part-of": "ResearchStudy/acme-101", "_revinclude": "ResearchSubject:study", "_sort": "_id"})
-    assert found == ["ResearchStudy/site-de-01", "ResearchStudy/site-fr-01", "ResearchStudy/site-uk-01"]
-    assert set(included(pages[0])) == DE and included(pages[1]) == [] and set(included(pages[2])) == UK
+        "part-of": "ResearchStudy/acme-101-fr", "_revinclude": "ResearchSubject:study", "_sort": "_id"})
+    assert found == ["ResearchStudy/site-fr-01", "ResearchStudy/site-fr-02", "ResearchStudy/site-fr-03"]
+    assert set(included(pages[0])) == subjects_at("site-fr-01") and included(pages[1]) == []
+    assert set(included(pages[2])) == subjects_at("site-fr-03")
 
 
 # -- _sort (search.html#sort) ---------------------------------------------------------------------
@@ -1030,9 +1060,13 @@ async def test_paging_on_two_keys_with_includes(client, page_size):
     """Sorted on two keys, two a page, with the includes of each page."""
     await load_acme(client)
     found, pages = await every_page(page_size(2), "/ResearchSubject", {
+        "study": "ResearchStudy/site-gb-02,ResearchStudy/site-fr-03",
         "_sort": "study,-identifier", "_include": "ResearchSubject:study"})
-    assert found == [f"ResearchSubject/subj-00{n}" for n in (8, 7, 6, 5, 4, 3, 2, 1)]
-    assert [included(p) for p in pages] == [["ResearchStudy/site-de-01"]] * 2 + [["ResearchStudy/site-uk-01"]] * 2
+    # site-fr-03 sorts before site-gb-02; the subject numbers (identifier FR-03-005...) descending
+    expected = [*sorted(subjects_at("site-fr-03"), reverse=True), *sorted(subjects_at("site-gb-02"), reverse=True)]
+    assert found == expected
+    sites = {s: f"ResearchStudy/site-{s.split('-', 1)[1][:5]}" for s in expected}
+    assert [set(included(p)) for p in pages] == [{sites[s] for s in expected[i:i + 2]} for i in range(0, len(expected), 2)]
 
 
 async def test_self_link_round_trips(client, page_size):

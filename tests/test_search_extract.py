@@ -50,11 +50,13 @@ from fhir_ctms.search.parameters import (
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((Path(__file__).parent / "data" / "r5-examples").glob("*.json"))
-ACME = json.loads((ROOT / "examples" / "acme-101-study.json").read_text(encoding="utf-8"))
+ACME = [e["resource"] for name in ("acme-101-1-study.json", "acme-101-2-amendment.json")
+        for e in json.loads((ROOT / "examples" / name).read_text(encoding="utf-8"))["entry"]]
 
 
 def acme(rid: str) -> dict:
-    return copy.deepcopy(next(e["resource"] for e in ACME["entry"] if e["resource"]["id"] == rid))
+    """The example study's resource (its last version: the amendment's, when it has one)."""
+    return copy.deepcopy([r for r in ACME if r["id"] == rid][-1])
 
 
 def example(name: str) -> dict:
@@ -221,33 +223,36 @@ def test_simple_paths():
 
 
 def test_research_study_values():
-    site = acme("site-uk-01")
+    site = acme("site-gb-01")
     site["period"] = {"start": "2026-03-01", "end": "2027-06"}
     assert rows(site, "status") == [TokenValue("status", None, "active")]
-    assert rows(site, "part-of") == [ReferenceValue("part-of", "ResearchStudy", "acme-101")]
-    assert ReferenceValue("site", "Location", "loc-site-uk-01") in rows(site, "site")
+    assert rows(site, "part-of") == [ReferenceValue("part-of", "ResearchStudy", "acme-101-gb")]
+    assert ReferenceValue("site", "Location", "loc-gb-01") in rows(site, "site")
     assert rows(site, "date") == [DateValue("date", us("2026-03-01"), us("2027-07-01"))]
     assert rows(site, "recruitment-target") == [
-        NumberValue("recruitment-target", Decimal(40), Decimal("39.5"), Decimal("40.5"))]
+        NumberValue("recruitment-target", Decimal(16), Decimal("15.5"), Decimal("16.5"))]
     assert rows(site, "region") == [TokenValue("region", "urn:iso:std:iso:3166", "GB")]
-    (state_period,) = rows(site, "progress-status-state-period")
-    assert state_period.components == (
-        TokenValue("progress-status-state-period", "http://hl7.org/fhir/research-study-status", "active"),
-        DateValue("progress-status-state-period", us("2026-04-01"), MAX_US))
+    state_periods = rows(site, "progress-status-state-period")
+    assert len(state_periods) == len(site["progressStatus"])
+    assert CompositeValue("progress-status-state-period", (
+        TokenValue("progress-status-state-period", "http://fhir-ctms.org/fhir/CodeSystem/site-milestone", "activated"),
+        DateValue("progress-status-state-period", us("2025-03-10"), MAX_US))) in state_periods
 
     study = acme("acme-101")
-    assert TokenValue("identifier", "http://clinicaltrials.gov", "NCT09990101", "clinicaltrials.gov") \
-        in rows(study, "identifier")
-    assert rows(study, "protocol") == [ReferenceValue("protocol", "PlanDefinition", "protocol-acme-101")]
+    assert TokenValue("identifier", "https://clinicaltrials.gov", "NCT09990101") in rows(study, "identifier")
+    assert TokenValue("identifier", "http://acme-therapeutics.example.org/protocols", "ACME-101",
+                      "sponsor protocol number") in rows(study, "identifier")
+    assert rows(study, "protocol") == [ReferenceValue("protocol", "PlanDefinition", "acme-101-protocol-2-0")]
     assert rows(study, "phase") == [
         TokenValue("phase", "http://hl7.org/fhir/research-study-phase", "phase-2")]
-    assert rows(study, "condition") == [TokenValue("condition", None, None, "asthma")]
+    assert rows(study, "condition") == [TokenValue("condition", "http://snomed.info/sct", "195967001", "asthma"),
+                                        TokenValue("condition", None, None, "moderate to severe asthma")]
     assert rows(acme("site-de-01"), "title") == [StringValue(
-        "title", "acme-101 at charite universitatsmedizin", "ACME-101 at Charité Universitätsmedizin")]
+        "title", "acme-101 at universitatsklinikum rheinau", "ACME-101 at Universitätsklinikum Rheinau")]
 
 
 def test_research_subject_values():
-    subject = next(e["resource"] for e in ACME["entry"] if e["resource"]["resourceType"] == "ResearchSubject")
+    subject = next(r for r in ACME if r["resourceType"] == "ResearchSubject")
     study_rows, subject_rows, patient_rows = (rows(subject, c) for c in ("study", "subject", "patient"))
     assert study_rows[0].target_type == "ResearchStudy"
     assert subject_rows[0].target_type == "Patient" and patient_rows == [
@@ -467,7 +472,10 @@ def interpreted(resource: dict) -> list:
 
 
 def all_example_resources() -> list[dict]:
-    docs = [json.loads(p.read_text(encoding="utf-8")) for p in EXAMPLES] + [copy.deepcopy(ACME)]
+    # the example study: one resource of each type, and the amended site and protocol
+    acme_sample = [*{r["resourceType"]: r for r in reversed(ACME)}.values(), acme("site-gb-01"),
+                   acme("acme-101-protocol-2-0")]
+    docs = [json.loads(p.read_text(encoding="utf-8")) for p in EXAMPLES] + copy.deepcopy(acme_sample)
     return [r for doc in docs for r in resources_of(doc)]
 
 

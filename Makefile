@@ -30,7 +30,7 @@ install-test: $(VENV)/.installed-test
 
 run: install
 	$(BIN)/fhir-ctms db upgrade
-	$(BIN)/fhir-ctms import --quiet examples/*.json
+	$(BIN)/fhir-ctms import --quiet --skip-existing examples/*.json
 	$(BIN)/fhir-ctms serve --dev --host $(HOST) --port $(PORT)
 
 test: install-test

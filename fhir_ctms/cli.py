@@ -72,6 +72,9 @@ def db_upgrade() -> None:
 def import_(files: Annotated[list[Path], typer.Argument(help="Bundle (.json) or NDJSON (.ndjson) files; with "
                                                           "--clinicaltrials-gov, ClinicalTrials.gov API v2 study records.")],
             quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+            skip_existing: Annotated[bool, typer.Option(
+                "--skip-existing", help="Leave out Bundle entries that PUT a resource already stored "
+                                        "(load an example once).")] = False,
             clinicaltrials_gov: Annotated[bool, typer.Option(
                 "--clinicaltrials-gov", help="The files are ClinicalTrials.gov API v2 study records (JSON): each "
                                              "becomes the study, its countries and sites, in one transaction.")] = False,
@@ -86,7 +89,8 @@ def import_(files: Annotated[list[Path], typer.Argument(help="Bundle (.json) or 
             await upgrade(repo.engine)
             if clinicaltrials_gov:
                 return await import_clinicaltrials_gov(files, repo, get_settings())
-            return await import_files(files, repo, get_settings(), progress=not quiet)
+            return await import_files(files, repo, get_settings(), progress=not quiet,
+                                      skip_existing=skip_existing)
         finally:
             await repo.close()
     report = asyncio.run(run())
@@ -97,7 +101,8 @@ def import_(files: Annotated[list[Path], typer.Argument(help="Bundle (.json) or 
             typer.echo(f"  note: {line}", err=True)
         typer.echo(f"imported {len(report.studies)} record(s) ({report.loaded} resources), rejected {len(report.rejected)}")
     else:
-        typer.echo(f"loaded {report.loaded} resources, rejected {len(report.rejected)}")
+        skipped = f", skipped {report.skipped} already stored" if report.skipped else ""
+        typer.echo(f"loaded {report.loaded} resources, rejected {len(report.rejected)}{skipped}")
     for line in report.rejected:
         typer.echo(f"  rejected: {line}", err=True)
     raise typer.Exit(1 if report.rejected else 0)

@@ -34,6 +34,8 @@ from .storage.repository import Repository
 class Report:
     loaded: int = 0
     rejected: list[str] = field(default_factory=list)
+    #: entries left out by ``skip_existing`` (their resource was already there)
+    skipped: int = 0
 
 
 def _as_transaction(value: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +60,25 @@ def _ndjson_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, line
 
 
-async def import_files(paths: list[Path], repo: Repository, settings: Settings, progress: bool = True) -> Report:
+async def _without_existing(tx: dict[str, Any], repo: Repository) -> tuple[dict[str, Any], int]:
+    """The transaction without its PUT entries whose resource exists (in any version)."""
+    keep, skipped = [], 0
+    async with repo.session(write=False) as s:
+        for entry in tx.get("entry") or []:
+            request = entry.get("request") if isinstance(entry, dict) else None
+            url = request.get("url") if isinstance(request, dict) else None
+            parts = url.split("/") if isinstance(url, str) and request.get("method") == "PUT" else []
+            if len(parts) == 2 and "?" not in url and await s.current(parts[0], parts[1]) is not None:
+                skipped += 1
+                continue
+            keep.append(entry)
+    return {**tx, "entry": keep}, skipped
+
+
+async def import_files(paths: list[Path], repo: Repository, settings: Settings, progress: bool = True,
+                       skip_existing: bool = False) -> Report:
+    """Load the files; with ``skip_existing``, a Bundle entry that PUTs a resource already
+    stored is left out (``make run`` loads the example study once, whatever it is run again)."""
     report = Report()
     ctx = Context(repo=repo, settings=settings, base=settings.public_base_url or "http://localhost/fhir",
                   actor=Actor(display="fhir-ctms import"), reason="Imported with fhir-ctms import")
@@ -80,6 +100,11 @@ async def import_files(paths: list[Path], repo: Repository, settings: Settings, 
             if not isinstance(value, dict):
                 raise ValueError("not a JSON object")
             tx = _as_transaction(value)
+            if skip_existing:
+                tx, skipped = await _without_existing(tx, repo)
+                report.skipped += skipped
+                if not tx["entry"]:
+                    continue
             result = await bundle.process(FhirRequest(method="POST", interaction="bundle", resource=tx), ctx)
             for i, entry in enumerate(result.body["entry"]):
                 status = entry["response"]["status"]

@@ -29,6 +29,10 @@ def test_import_example_twice_then_verify(fresh_database_url, live_server):
     verdict = run(url, "audit", "verify")
     writes = sum(map(len, entries))  # one version per entry, each with a Provenance and an AuditEvent
     assert verdict.returncode == 0 and f"intact: {2 * writes} records" in verdict.stdout, verdict.stdout
+    # make run's form: both files again, every entry already stored, nothing written
+    again = run(url, "import", "--quiet", "--skip-existing", *map(str, EXAMPLES))
+    assert again.returncode == 0 and f"loaded 0 resources, rejected 0, skipped {writes} already stored" in again.stdout
+    assert f"intact: {2 * writes} records" in run(url, "audit", "verify").stdout
     server = live_server(database_url=url)
     site = httpx.get(server.url + "/ResearchStudy/site-gb-01").json()
     assert site["partOf"][0]["reference"] == "ResearchStudy/acme-101-gb"

@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 
 from fhir_ctms import validation
-from fhir_ctms.config import get_settings
 from fhir_ctms.resources.validate import check_resource
 from fhir_ctms.terminology import codes
 
@@ -799,47 +798,41 @@ async def test_a_transaction_with_a_non_conforming_entry_writes_nothing(client) 
     assert r.status_code == 200, r.text
 
 
-async def test_unknown_profile_claim_is_ignored_unless_configured(client, monkeypatch) -> None:
+async def test_unknown_profile_claim_is_ignored_unless_configured(repo, client) -> None:
+    from .conftest import make_client
+
     p = {"resourceType": "Patient", "meta": {"profile": ["http://example.org/StructureDefinition/p"]}}
     r = await client.post("/Patient", json=p)
     assert r.status_code == 201
-    monkeypatch.setenv("FHIR_CTMS_REJECT_UNKNOWN_PROFILES", "true")
-    get_settings.cache_clear()
-    try:
-        r = await client.post("/Patient", json=p)
+    async with make_client(repo, reject_unknown_profiles=True) as strict:
+        r = await strict.post("/Patient", json=p)
         assert r.status_code == 422
         assert r.json()["issue"][0]["code"] == "not-supported"
-    finally:
-        monkeypatch.delenv("FHIR_CTMS_REJECT_UNKNOWN_PROFILES")
-        get_settings.cache_clear()
 
 
-async def test_mandatory_profiles(client, monkeypatch) -> None:
+async def test_mandatory_profiles(repo, client) -> None:
+    from .conftest import make_client
+
     unclaimed = site()
     del unclaimed["meta"]
     del unclaimed["region"]
     assert (await client.put("/ResearchStudy/s-free", json={**unclaimed, "id": "s-free"})).status_code == 201
-    monkeypatch.setenv("FHIR_CTMS_REQUIRE_PROFILES", "true")
-    get_settings.cache_clear()
-    try:
-        r = await client.post("/ResearchStudy", json=unclaimed)
+    async with make_client(repo, require_profiles=True) as strict:
+        r = await strict.post("/ResearchStudy", json=unclaimed)
         assert r.status_code == 422
         assert [i.get("expression") for i in r.json()["issue"]] == [["ResearchStudy.region"]]
-        r = await client.post("/ResearchStudy", json={"resourceType": "ResearchStudy", "status": "active"})
+        r = await strict.post("/ResearchStudy", json={"resourceType": "ResearchStudy", "status": "active"})
         assert r.status_code == 422
         assert r.json()["issue"][0]["expression"] == ["ResearchStudy.classifier"]
         no_claim = subject()
         del no_claim["meta"]
         del no_claim["identifier"]
-        r = await client.post("/ResearchSubject", json=no_claim)
+        r = await strict.post("/ResearchSubject", json=no_claim)
         assert r.status_code == 422
-        assert (await client.post("/Patient", json={"resourceType": "Patient"})).status_code == 201
+        assert (await strict.post("/Patient", json={"resourceType": "Patient"})).status_code == 201
         ok = site()
         del ok["meta"]
-        assert (await client.post("/ResearchStudy", json=ok)).status_code == 201
-    finally:
-        monkeypatch.delenv("FHIR_CTMS_REQUIRE_PROFILES")
-        get_settings.cache_clear()
+        assert (await strict.post("/ResearchStudy", json=ok)).status_code == 201
     total = (await client.get("/ResearchStudy", params={"_summary": "count"})).json()["total"]
     assert total == 2
 

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 
-from ..audit.records import Actor
+from ..audit.records import Actor, x_provenance
 from ..auth.tokens import AccessGrant
 from ..config import Settings
 from ..errors import BadRequest, PayloadTooLarge
@@ -115,8 +115,14 @@ def context(inc: Incoming, repo: Repository, settings: Settings, grant: AccessGr
     reason = inc.headers.get("x-reason")
     if reason is not None and len(reason) > 1024:
         raise BadRequest("X-Reason is limited to 1024 characters")
+    activity = None
+    if inc.headers.get("x-provenance") is not None:
+        # R5 provenance.html: the client's Provenance of a write; its reason (authorization) and
+        # activity go into the Provenance the server writes (X-Reason, when given, wins)
+        given, activity = x_provenance(inc.headers["x-provenance"])
+        reason = reason or given
     return Context(repo=repo, settings=settings, base=inc.base, actor=actor(inc, grant),
-                   reason=reason or None, access=grant)
+                   reason=reason or None, activity=activity, access=grant)
 
 
 def actor(inc: Incoming, grant: AccessGrant | None) -> Actor:

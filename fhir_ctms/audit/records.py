@@ -2,7 +2,10 @@
 
 - Provenance (R5 provenance.html): ``target`` is the exact versioned reference,
   ``activity`` a v3-DataOperation code, ``why`` the reason given in ``X-Reason``
-  (or the configured default), ``agent`` the actor and the server as custodian.
+  (or the configured default), ``agent`` the actor and the server as custodian. A client may
+  instead send its Provenance as the ``X-Provenance`` header (:func:`x_provenance`): its reason
+  (R5 ``authorization``) becomes the reason (``X-Reason`` wins when both are sent) and its
+  ``activity`` codings are recorded before the v3-DataOperation code.
 - AuditEvent shaped after the IHE Basic Audit Log Patterns (BALP) "RESTful
   Create/Update/Patch/Delete" events: category ``rest``, ``code`` the RESTful
   interaction, ``action`` C/U/D, outcome success, three agents (the user as
@@ -35,10 +38,12 @@ resource (``entity.what``: ``Type/id`` as a reference, a type as display) and th
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
+from ..errors import BadRequest
 
 V3_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
@@ -95,14 +100,20 @@ class Actor:
 
 
 def provenance(target: str, interaction: str, recorded: str, actor: Actor, reason: str,
-               source_name: str) -> dict[str, Any]:
-    activity, _ = _ACTIVITY[interaction]
+               source_name: str, activity: str | None = None) -> dict[str, Any]:
+    """``activity``: the client's activity (a CodeableConcept as JSON text, from
+    ``X-Provenance``): its codings come first, then the v3-DataOperation code."""
+    operation, _ = _ACTIVITY[interaction]
+    done: dict[str, Any] = {"coding": [{"system": V3_DATA_OPERATION, "code": operation}]}
+    if activity:
+        given = json.loads(activity)
+        done = {**given, "coding": [*(given.get("coding") or []), *done["coding"]]}
     return {
         "resourceType": "Provenance",
         "target": [{"reference": target}],
         "recorded": recorded,
         "authorization": [{"concept": {"text": reason}}],
-        "activity": {"coding": [{"system": V3_DATA_OPERATION, "code": activity}]},
+        "activity": done,
         "agent": [
             {"type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "author"}]},
              "who": actor.as_reference()},
@@ -113,7 +124,8 @@ def provenance(target: str, interaction: str, recorded: str, actor: Actor, reaso
 
 
 def audit_event(target: str, interaction: str, recorded: str, actor: Actor, reason: str,
-                source_name: str) -> dict[str, Any]:
+                source_name: str, activity: str | None = None) -> dict[str, Any]:
+    """(``activity`` is the Provenance's only: the AuditEvent's code is the interaction.)"""
     _, action = _ACTIVITY[interaction]
     user = {"type": {"coding": [{"system": V3_PARTICIPATION, "code": "AUT", "display": "author (originator)"}]},
              "who": actor.as_reference(), "requestor": True}
@@ -188,3 +200,46 @@ def security_event(kind: str, recorded: str, actor: Actor, detail: str, source_n
     elif request:
         record["entity"] = [{"what": {"display": request[:1024]}}]
     return record
+
+
+def x_provenance(header: str) -> tuple[str | None, str | None]:
+    """The reason and activity a client gives in an ``X-Provenance`` header (R5 provenance.html,
+    "Provenance of a write": a Provenance resource as JSON whose target the server fills in):
+    (the reason text, the activity as JSON text), each None when not given. The reason is the
+    first ``authorization`` (R5; ``concept.text``, else its first coding's display or code);
+    R4's ``reason`` (CodeableConcepts) is read too. Everything else in the header is ignored (the
+    server is the author's witness: agents, target and times are its own). Not JSON, not a
+    Provenance, or an unusable reason or activity: 400."""
+    try:
+        prov = json.loads(header)
+    except ValueError:
+        raise BadRequest("X-Provenance is not JSON") from None
+    if not isinstance(prov, dict) or prov.get("resourceType") != "Provenance":
+        raise BadRequest("X-Provenance must be a Provenance resource (JSON)")
+    concepts: list[Any] = []
+    for a in prov.get("authorization") or []:
+        concepts.append(a.get("concept") if isinstance(a, dict) else None)
+    concepts += list(prov.get("reason") or []) if isinstance(prov.get("reason"), list) else []
+    reason = None
+    for c in concepts:
+        if not isinstance(c, dict):
+            raise BadRequest("X-Provenance: authorization.concept must be a CodeableConcept")
+        codings = [x for x in c.get("coding") or [] if isinstance(x, dict)]
+        text = c.get("text") or next((x.get("display") or x.get("code") for x in codings
+                                      if x.get("display") or x.get("code")), None)
+        if isinstance(text, str) and text.strip():
+            reason = text.strip()
+            break
+    activity = prov.get("activity")
+    if activity is not None:
+        if not isinstance(activity, dict) or not isinstance(activity.get("coding", []), list) \
+                or not all(isinstance(x, dict) for x in activity.get("coding", [])):
+            raise BadRequest("X-Provenance: activity must be a CodeableConcept")
+        codings = [{k: c[k] for k in ("system", "version", "code", "display")
+                    if isinstance(c.get(k), str)} for c in activity.get("coding", [])]
+        text = activity.get("text")
+        activity = {**({"coding": [c for c in codings if c]} if any(codings) else {}),
+                    **({"text": text} if isinstance(text, str) and text else {})}
+    if reason is not None and len(reason) > 1024:
+        raise BadRequest("X-Provenance: the reason is limited to 1024 characters")
+    return reason, json.dumps(activity, sort_keys=True) if activity else None

@@ -86,6 +86,9 @@ class Context:
     actor: Actor = field(default_factory=Actor)
     #: why the change is made (``X-Reason``), recorded in Provenance and AuditEvent
     reason: str | None = None
+    #: the activity a client gives in ``X-Provenance`` (a CodeableConcept as JSON text), recorded
+    #: in the Provenance (``audit.records.x_provenance``)
+    activity: str | None = None
     #: what the request's bearer token grants (``api/rest.py`` verifies it when ``auth_enabled``);
     #: None: no token applies (auth off) and nothing is restricted (``interactions/access.py``)
     access: "AccessGrant | None" = None

@@ -72,13 +72,14 @@ async def _audit(s: Session, ctx: Context, target: tuple[str, str, str], interac
     why = ctx.reason or ctx.settings.default_reason
     reference = "{}/{}/_history/{}".format(*target)
     for build in (records.provenance, records.audit_event):
-        record = build(reference, interaction, instant(ts), ctx.actor, why, ctx.settings.source_name)
+        record = build(reference, interaction, instant(ts), ctx.actor, why, ctx.settings.source_name,
+                       ctx.activity)
         rid = new_id()
         rtype = record["resourceType"]
         content = _stamp(record, rid, 1, ts)
         await s.put(Stored(rtype, rid, 1, ts, False, content, "POST"), previous=None)
         await s.set_index(rtype, rid, audit_index_rows(build, target, interaction, ts, ctx.actor, why,
-                                                       ctx.settings.source_name), new=True)
+                                                       ctx.settings.source_name, ctx.activity), new=True)
         await chain.append(s, rtype, rid, record)
 
 
@@ -114,17 +115,18 @@ _ID, _VID, _TS = "x-audit-target", "0", 0
 
 @lru_cache(maxsize=256)
 def _audit_template(build: Callable[..., dict[str, Any]], rtype: str, interaction: str, actor: records.Actor,
-                    why: str, source: str) -> tuple[IndexRow, ...]:
-    record = build(f"{rtype}/{_ID}/_history/{_VID}", interaction, instant(_TS), actor, why, source)
+                    why: str, source: str, activity: str | None = None) -> tuple[IndexRow, ...]:
+    record = build(f"{rtype}/{_ID}/_history/{_VID}", interaction, instant(_TS), actor, why, source, activity)
     return tuple(index_rows(record))
 
 
 def audit_index_rows(build: Callable[..., dict[str, Any]], target: tuple[str, str, str], interaction: str,
-                     ts: int, actor: records.Actor, why: str, source: str) -> list[IndexRow]:
-    """The index rows of ``build(target, interaction, instant(ts), actor, why, source)``."""
+                     ts: int, actor: records.Actor, why: str, source: str,
+                     activity: str | None = None) -> list[IndexRow]:
+    """The index rows of ``build(target, interaction, instant(ts), actor, why, source, activity)``."""
     rtype, rid, version = target
     out = []
-    for row in _audit_template(build, rtype, interaction, actor, why, source):
+    for row in _audit_template(build, rtype, interaction, actor, why, source, activity):
         if row.kind == "reference" and row.values == (rtype, _ID, _VID):
             row = IndexRow("reference", row.param, (rtype, rid, version))
         elif row.kind == "date" and row.values == (_TS, _TS + 1):  # an instant: [ts, ts + 1 us)

@@ -120,8 +120,8 @@ async def invoke(req: Any, ctx: Any, s: Any = None) -> Any:
 
 
 # the operations, each declared by its definition (imported here: their modules use the registry)
-from . import (enrollment, expand, registry_export, reindex, schedule,  # noqa: E402
-               validate, validate_code)
+from . import (enrollment, expand, milestones, registry_export, reindex,  # noqa: E402
+               schedule, validate, validate_code)
 
 declare("OperationDefinition-reindex.json", reindex.reindex)
 declare("OperationDefinition-Resource-validate.json", validate.validate)
@@ -130,3 +130,4 @@ declare("OperationDefinition-ValueSet-validate-code.json", validate_code.validat
 declare("OperationDefinition-ResearchStudy-enrollment.json", enrollment.enrollment)
 declare("OperationDefinition-ResearchSubject-schedule.json", schedule.schedule)
 declare("OperationDefinition-ResearchStudy-registry-export.json", registry_export.registry_export)
+declare("OperationDefinition-ResearchStudy-milestones.json", milestones.milestones)

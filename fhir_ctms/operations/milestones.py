@@ -1,0 +1,243 @@
+"""``$milestones`` (profiles/OperationDefinition-ResearchStudy-milestones.json): planned versus
+actual milestones of a study, its countries and sites, or of every study that matches a search
+(the figures are defined in ``fhir_ctms/ctms/milestones.py``).
+
+- ``GET|POST [base]/ResearchStudy/[id]/$milestones[?date=YYYY-MM-DD][&state=...]``: the study's
+  milestones and those of its countries and sites. Invoked on a country or a site, the report is
+  the study's restricted to that level and the levels under it (as ``$enrollment``).
+- ``GET|POST [base]/ResearchStudy/$milestones[?date=...][&state=...][&<search parameters>]``:
+  the same for every study-level ResearchStudy (classifier ``study-level|study``) the search
+  finds. Every input other than ``date`` and ``state`` is a ResearchStudy search parameter
+  (``status``, ``phase``, ``identifier``, ``title``, ``region``, ``_id``, ``_lastUpdated``...; a
+  POST gives them as string parameters): they go through the server's search parser (an
+  unknown or unsupported one is a 400), AND-ed with the classifier; the result parameters
+  (``_count``, ``_sort``, ``_include``...) are refused, and ResearchStudy's own ``date`` search
+  parameter cannot be used (``date`` is the evaluation date).
+
+``affectsState`` false. Studies, their countries and sites (``part-of``, two levels) and their
+ResearchSubjects (``study``) are read through searches on one read session guarded by the
+request's token, as ``$enrollment`` reads them; once a study's enrolment is closed and every
+enrolled subject is off study, their ``ctms-visit-plan`` CarePlans and the completed Encounters
+based on them too (``last-subject-last-visit``). ``date``: the evaluation date (default today,
+UTC). ``state``: keep only milestones in these states (comma-separated and/or repeated: ``met``,
+``met-late``, ``overdue``, ``at-risk``, ``upcoming``). ``_format=csv``: text/csv, one row per
+milestone.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+from typing import Any
+
+from ..ctms import enrollment as en
+from ..ctms import milestones as ms
+from ..ctms.subjects import parse_date
+from ..errors import BadRequest
+from ..interactions.access import wrap
+from ..interactions.context import Context, FhirRequest, FhirResponse
+from ..resources.json import loads
+from ..search.parse import parse
+from ..storage.repository import Session
+from .enrollment import CSV_FORMATS, _read, _search
+
+_OWN = {"date", "state"}
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_PAGE = 500
+_CHUNK = 50
+VISIT_PLAN = "http://fhir-ctms.org/fhir/sid/visit-plan"
+#: search result parameters: they shape a Bundle, which this operation does not return
+_RESULT = {"_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_total",
+           "_contained", "_containedType", "_maxresults", "_graph", "_score", "_format", "_pretty"}
+LEVEL_SYSTEM = en.LEVEL_SYSTEM
+
+COLUMNS = ("study", "level", "reference", "title", "system", "code", "display", "planned",
+           "actual", "source", "derived", "forecast", "forecastNote", "variance", "state",
+           "discrepancyRecorded", "discrepancyDerived")
+
+
+async def milestones(req: FhirRequest, ctx: Context, params: list[tuple[str, Any]]) -> FhirResponse:
+    instance = req.id is not None
+    if instance:
+        unknown = sorted({name for name, _ in params} - _OWN)
+        if unknown:
+            raise BadRequest(f"$milestones: unknown parameter(s) {', '.join(unknown)}")
+    as_of = _date([v for n, v in params if n == "date"])
+    states = _states([v for n, v in params if n == "state"])
+    search = [(n, v) for n, v in params if n not in _OWN]
+    for n, v in search:
+        if n.split(":")[0] in _RESULT:
+            raise BadRequest(f"$milestones: the search result parameter {n} is not supported")
+        if not isinstance(v, str):
+            raise BadRequest(f"$milestones: the search parameter {n} must be a string")
+    found: list[ms.Milestone] = []
+    async with ctx.repo.session(write=False) as raw:
+        s = wrap(ctx, None, raw)
+        if instance:
+            asked = await _read(s, req.id or "")
+            top = asked
+            for _ in range(2):  # a site's country, a country's study
+                parent = en.ref_id(next(iter(top.get("partOf") or []), None))
+                if en.level_of(top) == "study" or parent is None:
+                    break
+                top = await _read(s, parent)
+            studies = [top]
+        else:
+            q = parse(("ResearchStudy",), [*search, ("classifier", f"{LEVEL_SYSTEM}|study")],
+                      strict=True)
+            studies = await _all(s, q)
+        for top in sorted(studies, key=lambda x: x.get("id", "")):
+            children = await _search(s, "ResearchStudy", "part-of", [top["id"]])
+            countries = [c["id"] for c in children if en.level_of(c) == "country"]
+            if countries:
+                children += await _search(s, "ResearchStudy", "part-of", countries)
+            ids = [top["id"], *{c["id"] for c in children}]
+            subjects = await _search(s, "ResearchSubject", "study", sorted(ids))
+            whose = ms.visit_subjects(top, children, subjects, as_of)
+            visits = await _visits(s, whose) if whose is not None else None
+            got = ms.milestones(top, children, subjects, as_of, visits=visits)
+            if instance and asked["id"] != top["id"]:
+                got = [m for m in got if m.study in _subtree(children, asked["id"])]
+            found += got
+    if states:
+        found = [m for m in found if m.state in states]
+    if req.param("_format") in CSV_FORMATS:
+        return FhirResponse(200, raw=_csv(found), headers={"Content-Type": "text/csv; charset=utf-8"})
+    return FhirResponse(200, body=_parameters(as_of, found))
+
+
+def _subtree(children: list[dict[str, Any]], root: str) -> set[str]:
+    """The ids of ``root`` and the levels under it (a country's sites)."""
+    keep = {root}
+    for c in sorted(children, key=lambda c: en.level_of(c) != "country"):
+        if en.ref_id(next(iter(c.get("partOf") or []), None)) in keep:
+            keep.add(c["id"])
+    return keep
+
+
+def _date(values: list[Any]) -> dt.date:
+    if not values:
+        return dt.datetime.now(dt.timezone.utc).date()
+    if len(values) > 1:
+        raise BadRequest("$milestones: date may be given once")
+    v = values[0]
+    if not isinstance(v, str) or not _DATE.match(v):
+        raise BadRequest(f"$milestones: date must be a full date (YYYY-MM-DD), not {v!r}")
+    try:
+        return dt.date.fromisoformat(v)
+    except ValueError:
+        raise BadRequest(f"$milestones: date {v!r} is not a valid date") from None
+
+
+def _states(values: list[Any]) -> set[str]:
+    out: set[str] = set()
+    for v in values:
+        if not isinstance(v, str):
+            raise BadRequest("$milestones: state must be a code")
+        for code in v.split(","):
+            code = code.strip()
+            if code not in ms.STATES:
+                raise BadRequest(f"$milestones: unknown state {code!r} (one of {', '.join(ms.STATES)})")
+            out.add(code)
+    return out
+
+
+async def _visits(s: Session, subjects: list[str]) -> dict[str, list[dt.date]]:
+    """The dates (``actualPeriod.start``) of the completed visits of ``subjects``: their
+    ``ctms-visit-plan`` CarePlans (identifier ``visit-plan|<ResearchSubject id>``), then the
+    completed Encounters ``basedOn`` them (profiles/README.md, the schedule of activities)."""
+    plans: dict[str, str] = {}
+    for n in range(0, len(subjects), _CHUNK):
+        value = ",".join(f"{VISIT_PLAN}|{i}" for i in subjects[n:n + _CHUNK])
+        for plan in await _all(s, parse(("CarePlan",), [("identifier", value)], strict=True)):
+            for ident in plan.get("identifier") or []:
+                if ident.get("system") == VISIT_PLAN and ident.get("value") in subjects:
+                    plans[plan["id"]] = ident["value"]
+    out: dict[str, list[dt.date]] = {}
+    ids = sorted(plans)
+    for n in range(0, len(ids), _CHUNK):
+        value = ",".join(f"CarePlan/{i}" for i in ids[n:n + _CHUNK])
+        q = parse(("Encounter",), [("based-on", value), ("status", "completed")], strict=True)
+        for enc in await _all(s, q):
+            day = parse_date((enc.get("actualPeriod") or {}).get("start"))
+            for ref in enc.get("basedOn") or []:
+                plan = en.ref_id(ref, "CarePlan")
+                if day is not None and plan in plans:
+                    out.setdefault(plans[plan], []).append(day)
+    return out
+
+
+async def _all(s: Session, q: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    after = None
+    while True:
+        rows = await s.search(q, limit=_PAGE, after=after)
+        out += [loads(st.content) for st, _ in rows if st.content is not None]
+        if len(rows) < _PAGE:
+            return out
+        after = rows[-1][1]
+
+
+def _row(m: ms.Milestone) -> dict[str, Any]:
+    d = m.discrepancy
+    return {
+        "study": f"ResearchStudy/{m.top}", "level": m.level, "reference": m.reference,
+        "title": m.title, "system": m.system, "code": m.code, "display": m.display,
+        "planned": m.planned, "actual": m.actual, "source": m.source, "derived": m.derived,
+        "forecast": m.forecast, "forecastNote": m.forecast_note, "variance": m.variance,
+        "state": m.state, "discrepancyRecorded": d.recorded if d else None,
+        "discrepancyDerived": d.derived if d else None,
+    }
+
+
+def _parameters(as_of: dt.date, found: list[ms.Milestone]) -> dict[str, Any]:
+    out: list[dict[str, Any]] = [{"name": "date", "valueDate": as_of.isoformat()}]
+    for m in found:
+        parts: list[dict[str, Any]] = [
+            {"name": "study", "valueReference": {"reference": f"ResearchStudy/{m.top}"}},
+            {"name": "level", "valueCode": m.level},
+            {"name": "reference", "valueReference": {"reference": m.reference,
+                                                     **({"display": m.title} if m.title else {})}},
+            {"name": "milestone", "valueCoding": {k: v for k, v in (
+                ("system", m.system), ("code", m.code), ("display", m.display)) if v}},
+        ]
+        for name, value in (("planned", m.planned), ("actual", m.actual)):
+            if value is not None:
+                parts.append({"name": name, "valueDate": value.isoformat()})
+        if m.source:
+            parts.append({"name": "source", "valueCode": m.source})
+        if m.derived is not None:
+            parts.append({"name": "derived", "valueDate": m.derived.isoformat()})
+        if m.forecast is not None:
+            parts.append({"name": "forecast", "valueDate": m.forecast.isoformat()})
+        if m.forecast_note:
+            parts.append({"name": "forecastNote", "valueString": m.forecast_note})
+        if m.variance is not None:
+            parts.append({"name": "variance", "valueInteger": m.variance})
+        parts.append({"name": "state", "valueCode": m.state})
+        if m.discrepancy is not None:
+            d = m.discrepancy
+            sub = [{"name": "recorded", "valueDate": d.recorded.isoformat()}]
+            if d.derived is not None:
+                sub.append({"name": "derived", "valueDate": d.derived.isoformat()})
+            text = (f"recorded {d.recorded.isoformat()}, the data give {d.derived.isoformat()}"
+                    if d.derived else
+                    f"recorded {d.recorded.isoformat()}, the data show it has not happened")
+            sub.append({"name": "text", "valueString": text})
+            parts.append({"name": "discrepancy", "part": sub})
+        out.append({"name": "milestone", "part": parts})
+    return {"resourceType": "Parameters", "parameter": out}
+
+
+def _csv(found: list[ms.Milestone]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow(COLUMNS)
+    for m in found:
+        row = _row(m)
+        w.writerow(["" if row[c] is None else
+                    row[c].isoformat() if isinstance(row[c], dt.date) else row[c]
+                    for c in COLUMNS])
+    return buf.getvalue()

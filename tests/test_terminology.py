@@ -49,6 +49,8 @@ CONTRACT = {
                                 "withdrawn-adverse-event", "withdrawn-by-investigator",
                                 "lost-to-follow-up", "death", "sponsor-terminated", "completed"],
     "identifier-type": ["sponsor-protocol"],
+    "payable-event": ["visit-completed", "procedure", "subject-milestone", "screen-failure",
+                      "site-milestone", "holdback-release", "holdback", "site-payment"],
 }
 #: the 17 codes of R5 research-study-status
 RSS_CODES = 17

@@ -47,6 +47,7 @@ class Operation:
 
 
 OPERATIONS: list[Operation] = []
+CTMS_SD = "http://fhir-ctms.org/fhir/StructureDefinition"
 
 
 def declare(definition_file: str, handler: Callable[..., Awaitable[Any]]) -> Operation:
@@ -111,7 +112,11 @@ async def invoke(req: Any, ctx: Any, s: Any = None) -> Any:
         raise NotFound(f"Unknown resource type {req.type!r}")
     if req.id is not None and not is_valid_id(req.id):
         raise NotFound(f"Invalid resource id {req.id!r}")
-    if req.method != "POST" and op.affects_state:
+    # a definition may name the one parameter that makes it change state (extension
+    # read-only-unless, profiles/README.md "Fee schedules and payments"): GET is accepted without it
+    unless = next((e.get("valueString") for e in op.definition.get("extension") or []
+                   if e.get("url") == f"{CTMS_SD}/read-only-unless"), None)
+    if req.method != "POST" and op.affects_state and (unless is None or any(k == unless for k, _ in req.params)):
         raise MethodNotAllowed(f"${op.code} changes state: invoke it with POST",
                                headers={"Allow": "POST"})
     if s is not None:
@@ -120,8 +125,8 @@ async def invoke(req: Any, ctx: Any, s: Any = None) -> Any:
 
 
 # the operations, each declared by its definition (imported here: their modules use the registry)
-from . import (enrollment, expand, milestones, registry_export, reindex,  # noqa: E402
-               schedule, validate, validate_code)
+from . import (enrollment, expand, milestones, payment_file, payments,  # noqa: E402
+               registry_export, reindex, schedule, validate, validate_code)
 
 declare("OperationDefinition-reindex.json", reindex.reindex)
 declare("OperationDefinition-Resource-validate.json", validate.validate)
@@ -131,3 +136,5 @@ declare("OperationDefinition-ResearchStudy-enrollment.json", enrollment.enrollme
 declare("OperationDefinition-ResearchSubject-schedule.json", schedule.schedule)
 declare("OperationDefinition-ResearchStudy-registry-export.json", registry_export.registry_export)
 declare("OperationDefinition-ResearchStudy-milestones.json", milestones.milestones)
+declare("OperationDefinition-ResearchStudy-payments.json", payments.payments)
+declare("OperationDefinition-Invoice-payment-file.json", payment_file.payment_file)

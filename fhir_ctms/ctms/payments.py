@@ -1,0 +1,579 @@
+"""Site payments: what a study owes each site, from the stored resources (``profiles/README.md``,
+"Fee schedules and payments").
+
+Pure functions over resource JSON: the fee schedule (ChargeItemDefinitions), the sites, their
+subjects, consents, planned visits (Appointments) and visits done (Encounters), and what was
+already charged (ChargeItems) and invoiced (Invoices) in; every payable event of each site with
+its fee, gross, holdback, net, already invoiced and due out. ``operations/payments.py`` reads the
+resources and writes ChargeItems and Invoices; nothing here touches a database.
+
+Arithmetic is exact (:class:`decimal.Decimal`). Rounding rule: every line is rounded to the
+currency's minor unit (ISO 4217: 2 decimals, 0 for JPY/KRW/...) with ROUND_HALF_UP, the holdback
+of a line is ``round(gross x factor)``, its net ``gross - holdback``; totals are sums of rounded
+lines (never rounded again).
+
+Payable events (their idempotency key is the ChargeItem identifier value, system
+:data:`EVENT_SYSTEM`):
+
+==========================  ====================================  ===================================
+event (code, detail)        from                                  key, date
+==========================  ====================================  ===================================
+visit-completed, action id  a ``completed`` Encounter whose        ``visit/<subject>/<action>``,
+                            ``appointment`` is a planned visit     ``actualPeriod.start``
+subject-milestone,          the progress entry with milestone      ``subject-milestone/<subject>/
+``randomised``              ``Randomized`` (else the first         randomised``, its ``startDate``
+                            on-study entry)
+subject-milestone,          current ``off-study`` reason           ``subject-milestone/<subject>/
+``completed``               ``completed`` (``subjects.classify``)  completed``, its ``startDate``
+screen-failure              ``subjects.classify`` screen failure   ``screen-failure/<subject>``
+site-milestone, ``activated`` / ``closed``  the site's actual      ``site-milestone/<site>/<code>``,
+                            ``progressStatus`` entry               ``period.start``
+holdback-release            the site's actual ``closed`` entry     ``holdback-release/<site>``
+==========================  ====================================  ===================================
+
+Fee selection: a ChargeItemDefinition (``active``, ``useContext`` ``program`` = the study)
+applies to an event when its code is the event's, its ``payable-event-detail`` (if any) is the
+event's detail, the event's date is in its ``applicability.effectivePeriod`` (both ends
+inclusive, either open), its protocol (``applicability.relatedArtifact`` ``depends-on``, if any)
+is the protocol version of the event, and its scope (``useContext`` ``venue``: a site
+ResearchStudy reference, or an ISO 3166 country; none: the whole study) includes the site. The
+most specific wins: site over country over study, then a definition naming the detail, then one
+naming the protocol, then the latest ``effectivePeriod.start``, then the greatest canonical.
+
+Not paid, reported (``issue``): ``out-of-window`` (the visit's ``actualPeriod.start`` outside its
+Appointment's ``requestedPeriod``), ``no-consent`` (a subject event of a subject whose
+``consent`` is missing or not ``active``), ``after-withdrawal`` (a visit dated after the
+subject's first ``withdrawn`` entry), ``no-fee`` (no definition applies), ``currency`` (a fee
+in another currency than the site's first one). ``capped``: an event beyond its fee's
+``per-site-cap`` (counted per site and fee code, over all time, in date then key order).
+``rate-changed`` (reported, each event paid at the rate of its date): in the period, the site's
+most specific definitions for one (code, detail) that are in effect at some point of the period,
+for any protocol or a protocol version the site ran in the period, have different amounts.
+
+The holdback release (on the ``closed`` date) is the sum of the holdbacks of every paid event
+of the site (all dates); its line has no holdback of its own.
+
+Already invoiced: the net of the line of an Invoice (not ``cancelled`` or ``entered-in-error``)
+that lists the event's ChargeItem; due = net - invoiced (an event whose ChargeItem is on an
+invoice is due 0).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from . import subjects as subj
+from .schedule import site_protocol
+
+CTMS = "http://fhir-ctms.org/fhir"
+EVENT_CS = f"{CTMS}/CodeSystem/payable-event"
+EVENT_SYSTEM = f"{CTMS}/sid/payable-event"
+INVOICE_SYSTEM = f"{CTMS}/sid/site-invoice"
+SITE_GROUP_SYSTEM = f"{CTMS}/sid/site-subjects"
+DETAIL_EXT = f"{CTMS}/StructureDefinition/payable-event-detail"
+CAP_EXT = f"{CTMS}/StructureDefinition/per-site-cap"
+VISIT_SYSTEM = f"{CTMS}/sid/planned-visit"
+PROTOCOL_VISIT = f"{CTMS}/StructureDefinition/protocol-visit"
+SITE_MILESTONE = f"{CTMS}/CodeSystem/site-milestone"
+SITE_PROTOCOL = f"{CTMS}/StructureDefinition/site-protocol"
+USAGE = "http://terminology.hl7.org/CodeSystem/usage-context-type"
+ISO3166 = "urn:iso:std:iso:3166"
+HOLDBACK = "holdback"
+KINDS = ("visit-completed", "procedure", "subject-milestone", "screen-failure", "site-milestone",
+         "holdback-release")
+#: ISO 4217 currencies without a minor unit (the rest: 2 decimals; 3 for the dinars below)
+_MINOR = {**{c: 0 for c in ("JPY", "KRW", "ISK", "CLP", "VND", "XAF", "XOF", "PYG", "UGX", "HUF")},
+          **{c: 3 for c in ("BHD", "KWD", "OMR", "JOD", "TND", "LYD", "IQD")}}
+_DEAD = frozenset({"cancelled", "entered-in-error"})
+ZERO = Decimal(0)
+
+
+def quantum(currency: str) -> Decimal:
+    return Decimal(1).scaleb(-_MINOR.get(currency, 2))
+
+
+def money(value: Decimal | int | str, currency: str) -> Decimal:
+    """``value`` rounded to the currency's minor unit, half up."""
+    return Decimal(value).quantize(quantum(currency), rounding=ROUND_HALF_UP)
+
+
+def holdback_of(gross: Decimal, factor: Decimal, currency: str) -> Decimal:
+    return money(gross * factor, currency)
+
+
+@dataclass(frozen=True, slots=True)
+class Fee:
+    """A ChargeItemDefinition reduced to what selection and pricing read."""
+
+    canonical: str
+    kind: str
+    detail: str | None
+    site: str | None
+    country: str | None
+    start: dt.date | None
+    end: dt.date | None
+    protocol: str | None
+    amount: Decimal
+    currency: str
+    factor: Decimal
+    cap: int | None
+
+    @property
+    def rank(self) -> tuple[int, int, int, dt.date, str]:
+        scope = 2 if self.site else 1 if self.country else 0
+        return (scope, self.detail is not None, self.protocol is not None,
+                self.start or dt.date.min, self.canonical)
+
+    def scope_matches(self, site: str, country: str | None) -> bool:
+        if self.site is not None:
+            return self.site == site
+        return self.country is None or self.country == country
+
+    def in_effect(self, day: dt.date) -> bool:
+        return (self.start is None or self.start <= day) and (self.end is None or day <= self.end)
+
+    def overlaps(self, start: dt.date | None, end: dt.date | None) -> bool:
+        return ((end is None or self.start is None or self.start <= end)
+                and (start is None or self.end is None or start <= self.end))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A payable event, before pricing."""
+
+    key: str
+    kind: str
+    detail: str | None
+    site: str
+    on: dt.date
+    source: str                       #: the reference it comes from (Encounter/..., ResearchSubject/...)
+    subject: str | None = None        #: ResearchSubject id
+    patient: str | None = None        #: Patient id
+    encounter: str | None = None      #: Encounter id
+    protocol: str | None = None       #: the protocol url|version it ran under
+    issue: str | None = None          #: why it is not paid (set before pricing)
+    note: str | None = None
+
+
+@dataclass(slots=True)
+class Line:
+    event: Event
+    status: str                      #: payable | capped | not-paid | release
+    fee: Fee | None = None
+    gross: Decimal = ZERO
+    holdback: Decimal = ZERO
+    net: Decimal = ZERO
+    invoiced: Decimal = ZERO
+    invoice: str | None = None       #: Invoice id that lists its ChargeItem
+    charge_item: str | None = None   #: ChargeItem id already stored for its key
+    issue: str | None = None
+    note: str | None = None
+
+    @property
+    def due(self) -> Decimal:
+        return self.net - self.invoiced if self.invoice is None else ZERO
+
+
+@dataclass(slots=True)
+class Discrepancy:
+    code: str
+    note: str
+    key: str | None = None
+    source: str | None = None
+    definitions: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class SiteReport:
+    site: str
+    title: str | None
+    organization: str | None
+    currency: str | None
+    lines: list[Line] = field(default_factory=list)          #: events dated in the period
+    discrepancies: list[Discrepancy] = field(default_factory=list)
+
+    def total(self, what: str) -> Decimal:
+        if what == "due":
+            return sum((ln.due for ln in self.lines), ZERO)
+        return sum((getattr(ln, what) for ln in self.lines), ZERO)
+
+
+# -- reading resources ---------------------------------------------------------------------------
+
+def ref_id(reference: Any, rtype: str) -> str | None:
+    if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
+        return None
+    parts = reference["reference"].split("/_history/")[0].split("/")
+    return parts[-1] if len(parts) >= 2 and parts[-2] == rtype and parts[-1] else None
+
+
+def _ext(resource: dict[str, Any], url: str) -> Any:
+    for e in resource.get("extension") or []:
+        if isinstance(e, dict) and e.get("url") == url:
+            return next((v for k, v in e.items() if k.startswith("value")), None)
+    return None
+
+
+def _code(concept: Any, system: str) -> str | None:
+    for c in (concept or {}).get("coding") or [] if isinstance(concept, dict) else []:
+        if isinstance(c, dict) and c.get("system") == system and isinstance(c.get("code"), str):
+            return c["code"]
+    return None
+
+
+def fee(definition: dict[str, Any], study_id: str) -> Fee | None:
+    """The fee a ChargeItemDefinition defines for the study, None when it is not one of the
+    study's (not active, no ``program`` context naming the study, no payable-event code or no
+    base amount)."""
+    if definition.get("status") != "active":
+        return None
+    kind = _code(definition.get("code"), EVENT_CS)
+    site = country = None
+    study_ok = False
+    for uc in definition.get("useContext") or []:
+        code = (uc.get("code") or {}) if isinstance(uc, dict) else {}
+        if code.get("system") != USAGE:
+            continue
+        if code.get("code") == "program" and ref_id(uc.get("valueReference"), "ResearchStudy") == study_id:
+            study_ok = True
+        elif code.get("code") == "venue":
+            site = ref_id(uc.get("valueReference"), "ResearchStudy") or site
+            country = _code(uc.get("valueCodeableConcept"), ISO3166) or country
+    if kind is None or not study_ok:
+        return None
+    app = next(iter(definition.get("applicability") or []), None) or {}
+    period = app.get("effectivePeriod") or {}
+    art = app.get("relatedArtifact") or {}
+    protocol = art.get("resource") if art.get("type") == "depends-on" else None
+    amount = currency = None
+    factor = ZERO
+    for group in definition.get("propertyGroup") or []:
+        for pc in group.get("priceComponent") or []:
+            if pc.get("type") == "base" and amount is None and isinstance(pc.get("amount"), dict):
+                amount = pc["amount"].get("value")
+                currency = pc["amount"].get("currency")
+            elif pc.get("type") == "deduction" and _code(pc.get("code"), EVENT_CS) == HOLDBACK:
+                factor = Decimal(str(pc.get("factor") or 0))
+    if amount is None or not isinstance(currency, str):
+        return None
+    cap = _ext(definition, CAP_EXT)
+    version = definition.get("version")
+    url = definition.get("url") or f"ChargeItemDefinition/{definition.get('id')}"
+    return Fee(f"{url}|{version}" if version else url, kind, _ext(definition, DETAIL_EXT), site, country,
+               subj.parse_date(period.get("start")), subj.parse_date(period.get("end")), protocol,
+               money(str(amount), currency), currency, factor, cap if isinstance(cap, int) else None)
+
+
+def site_country(site: dict[str, Any]) -> str | None:
+    for concept in site.get("region") or []:
+        code = _code(concept, ISO3166)
+        if code:
+            return code
+    return None
+
+
+def site_organization(site: dict[str, Any]) -> str | None:
+    return next((o for o in (ref_id(r, "Organization") for r in site.get("site") or []) if o), None)
+
+
+def site_milestone(site: dict[str, Any], code: str) -> dt.date | None:
+    """The ``period.start`` of the site's actual ``progressStatus`` entry ``code``."""
+    days = [subj.parse_date((p.get("period") or {}).get("start"))
+            for p in site.get("progressStatus") or []
+            if isinstance(p, dict) and p.get("actual") is True and _code(p.get("state"), SITE_MILESTONE) == code]
+    days = [d for d in days if d is not None]
+    return min(days) if days else None
+
+
+def _randomised(subject: dict[str, Any]) -> dt.date | None:
+    history = subj.entries(subject)
+    entry = next((e for e in history if "Randomized" in e.milestones), None) or \
+        next((e for e in history if e.state in subj.ON_STUDY), None)
+    return entry.start if entry else None
+
+
+def _withdrawn(subject: dict[str, Any]) -> dt.date | None:
+    return next((e.start for e in subj.entries(subject) if e.state == "withdrawn" and e.start), None)
+
+
+def _protocol_visit(appointment: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(protocol url|version, action id) of a planned visit's ``protocol-visit`` extension."""
+    value = _ext(appointment, PROTOCOL_VISIT)
+    if not isinstance(value, str):
+        return None, None
+    canonical, _, action = value.partition("#")
+    return canonical or None, action or None
+
+
+def _visit_key(appointment: dict[str, Any]) -> str | None:
+    for i in appointment.get("identifier") or []:
+        if isinstance(i, dict) and i.get("system") == VISIT_SYSTEM and isinstance(i.get("value"), str):
+            return i["value"]
+    return None
+
+
+def protocol_on(site: dict[str, Any], day: dt.date) -> str | None:
+    """The protocol url|version the site runs on ``day`` (its ``site-protocol`` entries)."""
+    return site_protocol(site, day)
+
+
+# -- events --------------------------------------------------------------------------------------
+
+def site_events(site: dict[str, Any], subjects: list[dict[str, Any]], consents: dict[str, dict[str, Any]],
+                appointments: list[dict[str, Any]], encounters: list[dict[str, Any]]) -> list[Event]:
+    """Every payable event of one site (all dates), with the issues known before pricing."""
+    sid = site["id"]
+    out: list[Event] = []
+    by_subject = {s["id"]: s for s in subjects}
+    consented: dict[str, bool] = {}
+    for s in subjects:
+        cid = next((ref_id(r, "Consent") for r in s.get("consent") or [] if ref_id(r, "Consent")), None) \
+            if isinstance(s.get("consent"), list) else ref_id(s.get("consent"), "Consent")
+        consented[s["id"]] = cid is not None and (consents.get(cid) or {}).get("status") == "active"
+
+    def subject_event(s: dict[str, Any], key: str, kind: str, detail: str | None, on: dt.date,
+                      **kw: Any) -> Event:
+        issue = None if consented[s["id"]] else "no-consent"
+        note = None if issue is None else "the subject has no active Consent"
+        return Event(key, kind, detail, sid, on, kw.pop("source", f"ResearchSubject/{s['id']}"), s["id"],
+                     ref_id(s.get("subject"), "Patient"), issue=issue, note=note,
+                     protocol=kw.pop("protocol", None) or protocol_on(site, on), **kw)
+
+    for s in sorted(subjects, key=lambda r: r["id"]):
+        status = subj.classify(s)
+        rand = _randomised(s)
+        if rand is not None:
+            out.append(subject_event(s, f"subject-milestone/{s['id']}/randomised", "subject-milestone",
+                                     "randomised", rand))
+        if status.completed and status.completed_on is not None:
+            out.append(subject_event(s, f"subject-milestone/{s['id']}/completed", "subject-milestone",
+                                     "completed", status.completed_on))
+        if status.screen_failure and status.screen_failed_on is not None:
+            out.append(subject_event(s, f"screen-failure/{s['id']}", "screen-failure", None,
+                                     status.screen_failed_on))
+
+    appts = {a["id"]: a for a in appointments}
+    seen: set[str] = set()
+    done = [e for e in encounters if e.get("status") == "completed"]
+    done.sort(key=lambda e: ((e.get("actualPeriod") or {}).get("start") or "", e.get("id") or ""))
+    for enc in done:
+        appt = appts.get(ref_id(next(iter(enc.get("appointment") or []), None), "Appointment") or "")
+        key = _visit_key(appt) if appt else None
+        if appt is None or key is None:
+            continue
+        subject_id, _, action = key.partition("/")
+        s = by_subject.get(subject_id)
+        day = subj.parse_date((enc.get("actualPeriod") or {}).get("start"))
+        if s is None or day is None or key in seen:
+            continue
+        seen.add(key)
+        protocol, pv_action = _protocol_visit(appt)
+        action = pv_action or action
+        ev = subject_event(s, f"visit/{subject_id}/{action}", "visit-completed", action, day,
+                           source=f"Encounter/{enc['id']}", encounter=enc["id"], protocol=protocol)
+        window = (appt.get("requestedPeriod") or [{}])[0] or {}
+        low, high = subj.parse_date(window.get("start")), subj.parse_date(window.get("end"))
+        withdrawn = _withdrawn(s)
+        if ev.issue is None and ((low and day < low) or (high and day > high)):
+            ev = _issue(ev, "out-of-window", f"done {day.isoformat()}, window "
+                        f"{low.isoformat() if low else '...'}..{high.isoformat() if high else '...'}")
+        elif ev.issue is None and withdrawn is not None and day > withdrawn:
+            ev = _issue(ev, "after-withdrawal", f"done {day.isoformat()}, after the withdrawal on "
+                        f"{withdrawn.isoformat()}")
+        out.append(ev)
+
+    for code in ("activated", "closed"):
+        day = site_milestone(site, code)
+        if day is not None:
+            out.append(Event(f"site-milestone/{sid}/{code}", "site-milestone", code, sid, day,
+                             f"ResearchStudy/{sid}", protocol=protocol_on(site, day)))
+    closed = site_milestone(site, "closed")
+    if closed is not None:
+        out.append(Event(f"holdback-release/{sid}", "holdback-release", None, sid, closed, f"ResearchStudy/{sid}"))
+    out.sort(key=lambda e: (e.on, e.key))
+    return out
+
+
+def _issue(ev: Event, code: str, note: str) -> Event:
+    return Event(ev.key, ev.kind, ev.detail, ev.site, ev.on, ev.source, ev.subject, ev.patient,
+                 ev.encounter, ev.protocol, code, note)
+
+
+# -- pricing -------------------------------------------------------------------------------------
+
+def select(fees: list[Fee], ev: Event, country: str | None) -> Fee | None:
+    """The most specific fee that applies to the event (see the module docstring)."""
+    applicable = [f for f in fees if f.kind == ev.kind and (f.detail is None or f.detail == ev.detail)
+                  and f.in_effect(ev.on) and (f.protocol is None or f.protocol == ev.protocol)
+                  and f.scope_matches(ev.site, country)]
+    return max(applicable, key=lambda f: f.rank, default=None)
+
+
+def price_site(site: dict[str, Any], events: list[Event], fees: list[Fee]) -> list[Line]:
+    """Every event of the site priced (all dates), caps applied, the holdback release computed."""
+    country = site_country(site)
+    currency: str | None = None
+    lines: list[Line] = []
+    counted: dict[str, int] = {}
+    for ev in events:
+        if ev.kind == "holdback-release":
+            continue
+        if ev.issue is not None:
+            lines.append(Line(ev, "not-paid", issue=ev.issue, note=ev.note))
+            continue
+        f = select(fees, ev, country)
+        if f is None:
+            lines.append(Line(ev, "not-paid", issue="no-fee",
+                              note=f"no fee for {ev.kind}{' ' + ev.detail if ev.detail else ''} on {ev.on.isoformat()}"))
+            continue
+        currency = currency or f.currency
+        if f.currency != currency:
+            lines.append(Line(ev, "not-paid", f, issue="currency",
+                              note=f"the fee {f.canonical} is in {f.currency}, the site is paid in {currency}"))
+            continue
+        if f.cap is not None:
+            n = counted[f.kind] = counted.get(f.kind, 0) + 1
+            if n > f.cap:
+                lines.append(Line(ev, "capped", f, issue="capped",
+                                  note=f"number {n} beyond the per-site cap of {f.cap} ({f.canonical})"))
+                continue
+        hb = holdback_of(f.amount, f.factor, f.currency)
+        lines.append(Line(ev, "payable", f, f.amount, hb, f.amount - hb))
+    release = next((ev for ev in events if ev.kind == "holdback-release"), None)
+    if release is not None and currency is not None:
+        withheld = sum((ln.holdback for ln in lines if ln.status == "payable"), ZERO)
+        lines.append(Line(release, "release", None, withheld, ZERO, withheld,
+                          note="release of the holdback withheld from every payment of the site"))
+    lines.sort(key=lambda ln: (ln.event.on, ln.event.key))
+    return lines
+
+
+def rate_changes(site: dict[str, Any], fees: list[Fee], lines: list[Line], start: dt.date | None,
+                 end: dt.date | None) -> list[Discrepancy]:
+    """``rate-changed``: per (code, detail) the site had events of in the period, its most
+    specific definitions in effect at some point of the period (for any protocol, or for a
+    version the site ran in the period) with different amounts."""
+    country = site_country(site)
+    ran = site_protocols(site, start, end)
+    out: list[Discrepancy] = []
+    kinds = sorted({(ln.event.kind, ln.event.detail) for ln in lines if ln.fee is not None},
+                   key=lambda k: (k[0], k[1] or ""))
+    for kind, detail in kinds:
+        cands = [f for f in fees if f.kind == kind and (f.detail is None or f.detail == detail)
+                 and f.scope_matches(site["id"], country) and f.overlaps(start, end)
+                 and (f.protocol is None or f.protocol in ran)]
+        if not cands:
+            continue
+        best = max(f.rank[:2] for f in cands)
+        cands = sorted((f for f in cands if f.rank[:2] == best), key=lambda f: f.rank)
+        if len({f.amount for f in cands}) > 1:
+            rates = ", ".join(f"{f.amount} {f.currency} ({f.canonical}"
+                              f"{', from ' + f.start.isoformat() if f.start else ''}"
+                              f"{', protocol ' + f.protocol if f.protocol else ''})" for f in cands)
+            out.append(Discrepancy("rate-changed", f"{kind}{' ' + detail if detail else ''}: the rate "
+                                   f"changed in the period: {rates}; each event is paid at the rate of its date",
+                                   definitions=tuple(f.canonical for f in cands)))
+    return out
+
+
+def site_protocols(site: dict[str, Any], start: dt.date | None, end: dt.date | None) -> set[str]:
+    """The protocol versions (url|version) the site ran at some point of [start, end]."""
+    out = {p for p in [site_protocol(site, start)] if p} if start else set()
+    for e in site.get("extension") or []:
+        if not isinstance(e, dict) or e.get("url") != SITE_PROTOCOL:
+            continue
+        parts = {x.get("url"): x for x in e.get("extension") or [] if isinstance(x, dict)}
+        protocol = (parts.get("protocol") or {}).get("valueCanonical")
+        effective = subj.parse_date((parts.get("effective") or {}).get("valueDate"))
+        if protocol and effective and (start is None or effective > start) and (end is None or effective <= end):
+            out.add(protocol)
+    return out
+
+
+def invoiced_lines(charge_items: dict[str, dict[str, Any]], invoices: list[dict[str, Any]]
+                   ) -> tuple[dict[str, str], dict[str, tuple[str, Decimal]]]:
+    """(event key -> ChargeItem id, ChargeItem id -> (Invoice id, the line's net)) of live invoices."""
+    keys: dict[str, str] = {}
+    for cid, ci in charge_items.items():
+        if ci.get("status") in ("entered-in-error", "aborted", "not-billable"):
+            continue
+        for i in ci.get("identifier") or []:
+            if isinstance(i, dict) and i.get("system") == EVENT_SYSTEM and isinstance(i.get("value"), str):
+                keys[i["value"]] = cid
+    lines: dict[str, tuple[str, Decimal]] = {}
+    for inv in invoices:
+        if inv.get("status") in _DEAD:
+            continue
+        for li in inv.get("lineItem") or []:
+            cid = ref_id(li.get("chargeItemReference"), "ChargeItem")
+            if cid:
+                lines[cid] = (inv["id"], line_net(li))
+    return keys, lines
+
+
+def line_net(line_item: dict[str, Any]) -> Decimal:
+    """base and surcharge amounts minus deduction and discount amounts of an Invoice line."""
+    total = ZERO
+    for pc in line_item.get("priceComponent") or []:
+        value = Decimal(str(((pc.get("amount") or {}).get("value")) or 0))
+        total += -value if pc.get("type") in ("deduction", "discount") else \
+            value if pc.get("type") in ("base", "surcharge") else ZERO
+    return total
+
+
+def report(study: dict[str, Any], sites: list[dict[str, Any]], subjects: list[dict[str, Any]],
+           consents: list[dict[str, Any]], appointments: list[dict[str, Any]],
+           encounters: list[dict[str, Any]], definitions: list[dict[str, Any]],
+           charge_items: dict[str, dict[str, Any]], invoices: list[dict[str, Any]],
+           start: dt.date | None = None, end: dt.date | None = None) -> list[SiteReport]:
+    """Per site (in id order): the events dated in [start, end] priced, with what is invoiced."""
+    fees = [f for f in (fee(d, study["id"]) for d in definitions) if f is not None]
+    by_id = {c["id"]: c for c in consents}
+    keys, invoiced = invoiced_lines(charge_items, invoices)
+    visit_subject = {}
+    for a in appointments:
+        key = _visit_key(a)
+        if key:
+            visit_subject[a["id"]] = key.partition("/")[0]
+    out: list[SiteReport] = []
+    for site in sorted(sites, key=lambda s: s["id"]):
+        subs = [s for s in subjects if ref_id(s.get("study"), "ResearchStudy") == site["id"]]
+        ids = {s["id"] for s in subs}
+        appts = [a for a in appointments if visit_subject.get(a["id"]) in ids]
+        appt_ids = {a["id"] for a in appts}
+        encs = [e for e in encounters
+                if ref_id(next(iter(e.get("appointment") or []), None), "Appointment") in appt_ids]
+        events = site_events(site, subs, by_id, appts, encs)
+        lines = price_site(site, events, fees)
+        for ln in lines:
+            cid = keys.get(ln.event.key)
+            if cid is not None:
+                ln.charge_item = cid
+                if cid in invoiced:
+                    ln.invoice, ln.invoiced = invoiced[cid]
+        in_period = [ln for ln in lines if (start is None or ln.event.on >= start)
+                     and (end is None or ln.event.on <= end)]
+        currency = next((ln.fee.currency for ln in lines if ln.fee is not None), None)
+        rep = SiteReport(site["id"], site.get("title"), site_organization(site), currency, in_period)
+        rep.discrepancies = [Discrepancy(ln.issue, ln.note or ln.issue, ln.event.key, ln.event.source,
+                                         (ln.fee.canonical,) if ln.fee else ())
+                             for ln in in_period if ln.issue is not None]
+        rep.discrepancies += rate_changes(site, fees, in_period, start, end)
+        out.append(rep)
+    return out
+
+
+def settled(invoice: dict[str, Any], notices: list[dict[str, Any]]) -> bool:
+    """Whether an ``issued`` Invoice is paid in full: the ``active`` PaymentNotices whose
+    ``request`` is it, in its currency, sum to at least its ``totalNet``."""
+    if invoice.get("status") != "issued" or not isinstance(invoice.get("totalNet"), dict):
+        return False
+    total = Decimal(str(invoice["totalNet"].get("value") or 0))
+    currency = invoice["totalNet"].get("currency")
+    paid = sum((Decimal(str((n.get("amount") or {}).get("value") or 0)) for n in notices
+                if n.get("status") == "active" and ref_id(n.get("request"), "Invoice") == invoice.get("id")
+                and (n.get("amount") or {}).get("currency") == currency), ZERO)
+    return paid >= total

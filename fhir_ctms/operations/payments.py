@@ -1,0 +1,444 @@
+"""``$payments`` (profiles/OperationDefinition-ResearchStudy-payments.json): what a study owes
+each site for a period, and, with ``persist=true``, the ChargeItems and draft Invoices for it.
+
+``GET|POST [base]/ResearchStudy/[id]/$payments?site=...&start=...&end=...``. ``site`` (optional,
+repeatable: ``ResearchStudy/<id>`` or ``<id>``) must be a site of the study (else 422);
+``start``/``end`` (YYYY-MM-DD, both optional, inclusive) bound the events by their date. The
+figures are defined in ``fhir_ctms/ctms/payments.py``.
+
+Reads (one read session, guarded by the token like any search): the study, its sites
+(``part-of``, two levels, classifier ``site``), their ResearchSubjects, the subjects' Consents,
+Appointments and Encounters (by ``subject`` = the Patients), the fee schedule (every ``active``
+ChargeItemDefinition; those whose ``useContext`` ``program`` names the study are used), the
+ChargeItems already made (identifier system ``sid/payable-event``), the site Invoices
+(``sid/site-invoice``) and the PaymentNotices whose ``request`` is one of them.
+
+``persist=true`` (POST only: the OperationDefinition says ``affectsState`` true and carries the
+``read-only-unless`` extension naming ``persist``, so the registry lets GET through for the
+read-only form and answers 405 to a GET with ``persist``): ONE transaction Bundle through
+``interactions.bundle.transaction`` (each write has its version, Provenance and AuditEvent; a
+failure writes nothing) that, for every site with something due,
+
+- creates the site's Group (``sid/site-subjects|<site>``, the ChargeItem ``subject`` of site-level
+  events and the Invoice ``subject``) if it does not exist (conditional create);
+- creates a ChargeItem per due event that has none (conditional create on its identifier, the
+  event key: no event is ever charged twice);
+- creates a ``draft`` Invoice listing the due events (conditional create on an identifier made of
+  the site and a hash of the keys and of the site's cancelled invoices, so two identical
+  concurrent calls make one invoice, and the events of a cancelled invoice get a new one);
+- and updates to ``balanced`` every ``issued`` Invoice of the study's sites paid in full by its
+  PaymentNotices (``ctms.payments.settled``), with ``If-Match``.
+
+The call is recorded as one AuditEvent (restful-interaction ``operation``) besides the writes'.
+
+Under a token: the definition says ``affectsState`` true, so ``interactions/access.py`` asks for
+a ``system/`` or ``user/`` scope with ``u`` on ResearchStudy for every call (the read-only form
+too); the reads are filtered by the token and each write of the transaction is checked like any
+transaction entry (ChargeItem, Invoice, Group).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import uuid
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+from ..audit import records
+from ..ctms import payments as pay
+from ..errors import BadRequest, Gone, MethodNotAllowed, NotFound, Unprocessable
+from ..interactions import bundle
+from ..interactions.access import wrap
+from ..interactions.context import Context, FhirRequest, FhirResponse, etag, instant, now_us
+from ..interactions.persist import record_security_event
+from ..resources.json import loads
+from ..search.parse import parse
+from ..storage.repository import Session
+
+_INPUTS = {"site", "start", "end", "persist"}
+_PAGE = 500
+_CHUNK = 50
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+LEVEL = "http://fhir-ctms.org/fhir/CodeSystem/study-level"
+PARTY_ROLE = "http://hl7.org/fhir/research-study-party-role"
+
+
+async def payments(req: FhirRequest, ctx: Context, params: list[tuple[str, Any]]) -> FhirResponse:
+    unknown = sorted({name for name, _ in params} - _INPUTS)
+    if unknown:
+        raise BadRequest(f"$payments: unknown parameter(s) {', '.join(unknown)}")
+    start, end = _date(params, "start"), _date(params, "end")
+    if start and end and start > end:
+        raise BadRequest(f"$payments: start {start.isoformat()} is after end {end.isoformat()}")
+    persist = _persist(params)
+    if persist and req.method != "POST":
+        raise MethodNotAllowed("$payments with persist=true changes state: invoke it with POST",
+                               headers={"Allow": "POST"})
+    asked = [_site_id(v) for n, v in params if n == "site"]
+    data = await _read(ctx, req.id or "", asked)
+    reports = pay.report(data["study"], data["sites"], data["subjects"], data["consents"],
+                         data["appointments"], data["encounters"], data["definitions"],
+                         data["charge_items"], data["invoices"], start, end)
+    written: dict[str, Any] = {}
+    if persist:
+        written = await _persist_all(ctx, data, reports, start, end)
+        await _audit(ctx, data["study"]["id"], written)
+    return FhirResponse(200, body=_output(data["study"], reports, start, end, written, persist))
+
+
+# -- parameters ----------------------------------------------------------------------------------
+
+def _date(params: list[tuple[str, Any]], name: str) -> dt.date | None:
+    values = [v for n, v in params if n == name]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(f"$payments: {name} may be given once")
+    v = values[0]
+    try:
+        if not isinstance(v, str) or not _DATE.match(v):
+            raise ValueError
+        return dt.date.fromisoformat(v)
+    except ValueError:
+        raise BadRequest(f"$payments: {name} must be a date (YYYY-MM-DD), not {v!r}") from None
+
+
+def _persist(params: list[tuple[str, Any]]) -> bool:
+    values = [v for n, v in params if n == "persist"]
+    if len(values) > 1:
+        raise BadRequest("$payments: persist may be given once")
+    if not values:
+        return False
+    v = values[0]
+    if v in (True, "true"):
+        return True
+    if v in (False, "false"):
+        return False
+    raise BadRequest(f"$payments: persist must be true or false, not {v!r}")
+
+
+def _site_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadRequest("$payments: site must be a ResearchStudy id or reference")
+    return value.removeprefix("ResearchStudy/")
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+async def _read(ctx: Context, study_id: str, asked: list[str]) -> dict[str, Any]:
+    async with ctx.repo.session(write=False) as raw:
+        s = wrap(ctx, None, raw)
+        st = await s.current("ResearchStudy", study_id)
+        if st is None or st.content is None:
+            raise NotFound(f"ResearchStudy/{study_id} does not exist")
+        if st.deleted:
+            raise Gone(f"ResearchStudy/{study_id} is deleted")
+        study = loads(st.content)
+        children = await _search(s, "ResearchStudy", "part-of", [f"ResearchStudy/{study_id}"])
+        countries = [c["id"] for c in children if _level(c) == "country"]
+        if countries:
+            children += await _search(s, "ResearchStudy", "part-of", [f"ResearchStudy/{c}" for c in countries])
+        sites = [c for c in children if _level(c) == "site"]
+        if asked:
+            known = {c["id"] for c in sites}
+            stray = [a for a in asked if a not in known]
+            if stray:
+                raise Unprocessable(f"$payments: ResearchStudy/{stray[0]} is not a site of ResearchStudy/{study_id}")
+            sites = [c for c in sites if c["id"] in set(asked)]
+        subjects = await _search(s, "ResearchSubject", "study", [f"ResearchStudy/{c['id']}" for c in sites])
+        consent_ids = sorted({pay.ref_id(r, "Consent") or "" for x in subjects
+                              for r in (x.get("consent") if isinstance(x.get("consent"), list)
+                                        else [x.get("consent")])} - {""})
+        patients = sorted({pay.ref_id(x.get("subject"), "Patient") or "" for x in subjects} - {""})
+        refs = [f"Patient/{p}" for p in patients]
+        data = {
+            "study": study, "sites": sites, "subjects": subjects,
+            "consents": await _search(s, "Consent", "_id", consent_ids),
+            "appointments": await _search(s, "Appointment", "subject", refs),
+            "encounters": await _search(s, "Encounter", "subject", refs),
+            "definitions": await _search(s, "ChargeItemDefinition", "status", ["active"]),
+            "charge_items": {c["id"]: c for c in await _search(s, "ChargeItem", "identifier", [f"{pay.EVENT_SYSTEM}|"])},
+        }
+        site_ids = {c["id"] for c in sites}
+        invoices = [i for i in await _search(s, "Invoice", "identifier", [f"{pay.INVOICE_SYSTEM}|"])
+                    if _invoice_site(i) in site_ids]
+        data["invoices"] = invoices
+        issued = [f"Invoice/{i['id']}" for i in invoices if i.get("status") == "issued"]
+        data["notices"] = await _search(s, "PaymentNotice", "request", issued)
+        groups = await _search(s, "Group", "identifier", [f"{pay.SITE_GROUP_SYSTEM}|{i}" for i in sorted(site_ids)])
+        data["groups"] = {_ident(g, pay.SITE_GROUP_SYSTEM): g["id"] for g in groups}
+    return data
+
+
+def _level(study: dict[str, Any]) -> str | None:
+    return next((c.get("code") for cc in study.get("classifier") or [] if isinstance(cc, dict)
+                 for c in cc.get("coding") or [] if isinstance(c, dict) and c.get("system") == LEVEL), None)
+
+
+def _ident(resource: dict[str, Any], system: str) -> str | None:
+    return next((i.get("value") for i in resource.get("identifier") or []
+                 if isinstance(i, dict) and i.get("system") == system), None)
+
+
+def _invoice_site(invoice: dict[str, Any]) -> str | None:
+    value = _ident(invoice, pay.INVOICE_SYSTEM)
+    return value.partition("/")[0] if isinstance(value, str) else None
+
+
+async def _search(s: Session, rtype: str, name: str, values: list[str]) -> list[dict[str, Any]]:
+    """Current resources of ``rtype`` whose parameter ``name`` is one of ``values`` (chunks, paged)."""
+    out: list[dict[str, Any]] = []
+    for n in range(0, len(values), _CHUNK):
+        q = parse((rtype,), [(name, ",".join(v.replace(",", "\\,") for v in values[n:n + _CHUNK]))], strict=True)
+        after = None
+        while True:
+            rows = await s.search(q, limit=_PAGE, after=after)
+            out += [loads(st.content) for st, _ in rows if st.content is not None]
+            if len(rows) < _PAGE:
+                break
+            after = rows[-1][1]
+    return out
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+def _money(value: Decimal, currency: str) -> dict[str, Any]:
+    return {"value": float(value), "currency": currency}
+
+
+def _urn(key: str) -> str:
+    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, pay.CTMS + '/' + key)}"
+
+
+def _sponsor(study: dict[str, Any]) -> str | None:
+    for party in study.get("associatedParty") or []:
+        codes = {c.get("code") for c in ((party or {}).get("role") or {}).get("coding") or []}
+        org = pay.ref_id((party or {}).get("party"), "Organization")
+        if codes & {"sponsor", "lead-sponsor"} and org:
+            return org
+    return None
+
+
+def _charge_item(ln: pay.Line, rep: pay.SiteReport, group: str) -> dict[str, Any]:
+    ev = ln.event
+    code: dict[str, Any] = {"coding": [{"system": pay.EVENT_CS, "code": ev.kind}]}
+    if ev.detail:
+        code["text"] = f"{ev.kind} {ev.detail}"
+    ci: dict[str, Any] = {
+        "resourceType": "ChargeItem",
+        "identifier": [{"system": pay.EVENT_SYSTEM, "value": ev.key}],
+        "status": "billed", "code": code,
+        "subject": {"reference": f"Patient/{ev.patient}"} if ev.patient else {"reference": group},
+        "occurrenceDateTime": ev.on.isoformat(),
+        "supportingInformation": [{"reference": ev.source}],
+        "quantity": {"value": 1},
+        "totalPriceComponent": {"type": "base", "code": code, "amount": _money(ln.gross, rep.currency or "")},
+    }
+    if ln.fee is not None:
+        ci["definitionCanonical"] = [ln.fee.canonical]
+    if rep.organization:
+        ci["performingOrganization"] = {"reference": f"Organization/{rep.organization}"}
+    if ev.encounter:
+        ci["encounter"] = {"reference": f"Encounter/{ev.encounter}"}
+    if ev.subject and ev.source != f"ResearchSubject/{ev.subject}":
+        ci["supportingInformation"].append({"reference": f"ResearchSubject/{ev.subject}"})
+    return ci
+
+
+def _invoice(study: dict[str, Any], rep: pay.SiteReport, lines: list[tuple[pay.Line, str]], group: str,
+             start: dt.date | None, end: dt.date | None, dead: list[str]) -> dict[str, Any]:
+    cur = rep.currency or ""
+    items = []
+    for n, (ln, ref) in enumerate(lines, 1):
+        comps = [{"type": "base", "code": {"coding": [{"system": pay.EVENT_CS, "code": ln.event.kind}]},
+                  "amount": _money(ln.gross, cur)}]
+        if ln.fee is not None and ln.fee.factor:
+            comps.append({"type": "deduction", "code": {"coding": [{"system": pay.EVENT_CS, "code": pay.HOLDBACK}]},
+                          "factor": float(ln.fee.factor), "amount": _money(ln.holdback, cur)})
+        items.append({"sequence": n, "servicedDate": ln.event.on.isoformat(),
+                      "chargeItemReference": {"reference": ref}, "priceComponent": comps})
+    gross = sum((ln.gross for ln, _ in lines), pay.ZERO)
+    holdback = sum((ln.holdback for ln, _ in lines), pay.ZERO)
+    # the identifier: the site and a hash of the event keys and of the site's cancelled invoices
+    # (two identical concurrent runs make one invoice; events of a cancelled one get a new one)
+    keys = "\n".join([*sorted(ln.event.key for ln, _ in lines), *sorted(dead)])
+    inv: dict[str, Any] = {
+        "resourceType": "Invoice",
+        "identifier": [{"system": pay.INVOICE_SYSTEM,
+                        "value": f"{rep.site}/{hashlib.sha256(keys.encode()).hexdigest()[:16]}"}],
+        "status": "draft",
+        "type": {"coding": [{"system": pay.EVENT_CS, "code": "site-payment", "display": "Site payment"}]},
+        "subject": {"reference": group},
+        "date": now_date(),
+        "lineItem": items,
+        "totalPriceComponent": [
+            {"type": "base", "amount": _money(gross, cur)},
+            {"type": "deduction", "code": {"coding": [{"system": pay.EVENT_CS, "code": pay.HOLDBACK}]},
+             "amount": _money(holdback, cur)}],
+        "totalGross": _money(gross, cur),
+        "totalNet": _money(gross - holdback, cur),
+        "note": [{"text": f"Payment to ResearchStudy/{rep.site} ({rep.title or rep.site}) "
+                          f"for ResearchStudy/{study['id']}"}],
+    }
+    if start or end:
+        inv["periodPeriod"] = {k: d.isoformat() for k, d in (("start", start), ("end", end)) if d}
+    if rep.organization:
+        inv["issuer"] = {"reference": f"Organization/{rep.organization}"}
+    sponsor = _sponsor(study)
+    if sponsor:
+        inv["recipient"] = {"reference": f"Organization/{sponsor}"}
+    return inv
+
+
+def now_date() -> str:
+    return dt.datetime.now(dt.timezone.utc).date().isoformat()
+
+
+def _post(resource: dict[str, Any], system: str, value: str, full_url: str) -> dict[str, Any]:
+    return {"fullUrl": full_url, "resource": resource,
+            "request": {"method": "POST", "url": resource["resourceType"],
+                        "ifNoneExist": urlencode({"identifier": f"{system}|{value}"})}}
+
+
+async def _persist_all(ctx: Context, data: dict[str, Any], reports: list[pay.SiteReport],
+                       start: dt.date | None, end: dt.date | None) -> dict[str, Any]:
+    entries: list[dict[str, Any]] = []
+    invoice_at: dict[str, int] = {}
+    charge_at: list[tuple[int, str]] = []
+    for rep in reports:
+        due = [ln for ln in rep.lines if ln.status in ("payable", "release") and ln.invoice is None
+               and ln.net > 0]
+        if not due or rep.currency is None:
+            continue
+        group = data["groups"].get(rep.site)
+        if group:
+            group_ref = f"Group/{group}"
+        else:
+            group_ref = _urn(f"group/{rep.site}")
+            entries.append(_post({"resourceType": "Group", "identifier": [
+                {"system": pay.SITE_GROUP_SYSTEM, "value": rep.site}], "type": "person",
+                "membership": "definitional", "name": f"Subjects of ResearchStudy/{rep.site}",
+                "description": "The site as a whole: the subject of its site-level ChargeItems and its Invoices"},
+                pay.SITE_GROUP_SYSTEM, rep.site, group_ref))
+        refs: list[tuple[pay.Line, str]] = []
+        for ln in due:
+            if ln.charge_item:
+                refs.append((ln, f"ChargeItem/{ln.charge_item}"))
+                continue
+            urn = _urn(f"charge/{ln.event.key}")
+            charge_at.append((len(entries), ln.event.key))
+            entries.append(_post(_charge_item(ln, rep, group_ref), pay.EVENT_SYSTEM, ln.event.key, urn))
+            refs.append((ln, urn))
+        dead = [i["id"] for i in data["invoices"] if _invoice_site(i) == rep.site
+                and i.get("status") in ("cancelled", "entered-in-error")]
+        inv = _invoice(data["study"], rep, refs, group_ref, start, end, dead)
+        invoice_at[rep.site] = len(entries)
+        entries.append(_post(inv, pay.INVOICE_SYSTEM, inv["identifier"][0]["value"], _urn(f"invoice/{rep.site}")))
+    balanced: list[int] = []
+    for inv in data["invoices"]:
+        if pay.settled(inv, data["notices"]):
+            res = {**inv, "status": "balanced"}
+            version = int(((inv.get("meta") or {}).get("versionId")) or 0)
+            res["meta"] = {k: v for k, v in (inv.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+            if not res["meta"]:
+                del res["meta"]
+            balanced.append(len(entries))
+            entries.append({"resource": res, "request": {"method": "PUT", "url": f"Invoice/{inv['id']}",
+                                                         "ifMatch": etag(version)}})
+    if not entries:
+        return {"invoices": {}, "charge_items": 0, "balanced": []}
+    res = await bundle.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                                   ctx, "minimal")
+    out = res.body["entry"]
+
+    def rid(i: int) -> str:
+        return (out[i].get("fullUrl") or out[i]["response"].get("location", "")).split("/_history")[0].rsplit("/", 1)[-1]
+    return {"invoices": {site: rid(i) for site, i in invoice_at.items()},
+            "charge_items": sum(1 for i, _ in charge_at if out[i]["response"]["status"].startswith("201")),
+            "balanced": [rid(i) for i in balanced]}
+
+
+async def _audit(ctx: Context, study_id: str, written: dict[str, Any]) -> None:
+    ts = now_us()
+    record = records.audit_event(f"ResearchStudy/{study_id}", "update", instant(ts), ctx.actor,
+                                 ctx.reason or ctx.settings.default_reason, ctx.settings.source_name)
+    record["code"] = {"coding": [{"system": records.RESTFUL_INTERACTION, "code": "operation"}],
+                      "text": "$payments"}
+    record["action"] = "E"
+    record["entity"][0]["detail"] = [
+        {"type": {"text": "chargeItemsCreated"}, "valueInteger": written.get("charge_items", 0)},
+        *({"type": {"text": "invoice"}, "valueString": f"Invoice/{i}"} for i in written.get("invoices", {}).values()),
+        *({"type": {"text": "balanced"}, "valueString": f"Invoice/{i}"} for i in written.get("balanced", []))]
+    await record_security_event(ctx.repo, record, ts)
+
+
+# -- output --------------------------------------------------------------------------------------
+
+def _output(study: dict[str, Any], reports: list[pay.SiteReport], start: dt.date | None,
+            end: dt.date | None, written: dict[str, Any], persist: bool) -> dict[str, Any]:
+    out: list[dict[str, Any]] = [{"name": "study", "valueReference": {"reference": f"ResearchStudy/{study['id']}"}}]
+    if start:
+        out.append({"name": "start", "valueDate": start.isoformat()})
+    if end:
+        out.append({"name": "end", "valueDate": end.isoformat()})
+    for rep in reports:
+        cur = rep.currency or ""
+        parts: list[dict[str, Any]] = [{"name": "site", "valueReference": {"reference": f"ResearchStudy/{rep.site}"}}]
+        if rep.organization:
+            parts.append({"name": "payee", "valueReference": {"reference": f"Organization/{rep.organization}"}})
+        if rep.currency:
+            parts.append({"name": "currency", "valueCode": rep.currency})
+        for ln in rep.lines:
+            parts.append({"name": "event", "part": _line(ln, cur)})
+        for d in rep.discrepancies:
+            dp: list[dict[str, Any]] = [{"name": "code", "valueCode": d.code}, {"name": "note", "valueString": d.note}]
+            if d.key:
+                dp.append({"name": "key", "valueString": d.key})
+            if d.source:
+                dp.append({"name": "source", "valueReference": {"reference": d.source}})
+            dp += [{"name": "definition", "valueCanonical": c} for c in d.definitions]
+            parts.append({"name": "discrepancy", "part": dp})
+        if rep.currency:
+            for what in ("gross", "holdback", "net", "invoiced", "due"):
+                parts.append({"name": what, "valueMoney": _money(rep.total(what), cur)})
+        if persist and rep.site in written.get("invoices", {}):
+            parts.append({"name": "invoice", "valueReference": {"reference": f"Invoice/{written['invoices'][rep.site]}"}})
+        out.append({"name": "site", "part": parts})
+    if persist:
+        out.append({"name": "chargeItemsCreated", "valueInteger": written.get("charge_items", 0)})
+        out += [{"name": "balanced", "valueReference": {"reference": f"Invoice/{i}"}}
+                for i in written.get("balanced", [])]
+    return {"resourceType": "Parameters", "parameter": out}
+
+
+def _line(ln: pay.Line, cur: str) -> list[dict[str, Any]]:
+    ev = ln.event
+    parts: list[dict[str, Any]] = [
+        {"name": "key", "valueString": ev.key}, {"name": "kind", "valueCode": ev.kind}]
+    if ev.detail:
+        parts.append({"name": "detail", "valueString": ev.detail})
+    parts += [{"name": "date", "valueDate": ev.on.isoformat()},
+              {"name": "source", "valueReference": {"reference": ev.source}}]
+    if ev.subject:
+        parts.append({"name": "subject", "valueReference": {"reference": f"ResearchSubject/{ev.subject}"}})
+    parts.append({"name": "status", "valueCode": ln.status})
+    if ln.issue:
+        parts.append({"name": "issue", "valueCode": ln.issue})
+    if ln.note:
+        parts.append({"name": "note", "valueString": ln.note})
+    if ln.fee is not None:
+        parts += [{"name": "definition", "valueCanonical": ln.fee.canonical},
+                  {"name": "rate", "valueMoney": _money(ln.fee.amount, ln.fee.currency)}]
+        if ln.fee.factor:
+            parts.append({"name": "holdbackFactor", "valueDecimal": float(ln.fee.factor)})
+    if cur:
+        for what in ("gross", "holdback", "net", "invoiced", "due"):
+            parts.append({"name": what, "valueMoney": _money(getattr(ln, what), cur)})
+    if ln.charge_item:
+        parts.append({"name": "chargeItem", "valueReference": {"reference": f"ChargeItem/{ln.charge_item}"}})
+    if ln.invoice:
+        parts.append({"name": "invoice", "valueReference": {"reference": f"Invoice/{ln.invoice}"}})
+    return parts

@@ -1,0 +1,574 @@
+"""``ResearchStudy/[id]/$payments`` and ``Invoice/[id]/$payment-file`` through the HTTP API, on
+every database.
+
+The study built here (``pay-study``) has two sites in two countries and currencies:
+
+- ``site-gb`` (GB, paid in GBP; directly under the study): activated 2026-01-10; runs protocol
+  1.0 from 2026-01-01 and 2.0 (the amendment) from 2026-04-01.
+- ``site-fr`` (FR, paid in EUR; under the country ``pay-fr``): activated 2026-01-20, closed
+  2026-06-30; runs protocol 1.0.
+
+The fee schedule (every definition has useContext program = the study):
+
+==============  =================================  ==========  ===========  ========  =====
+definition      event                              scope       amount       holdback  other
+==============  =================================  ==========  ===========  ========  =====
+fee-v-gb-1      visit-completed w2                 country GB  300.00 GBP   10 %      protocol 1.0
+fee-v-gb-2      visit-completed w2                 country GB  350.00 GBP   10 %      protocol 2.0
+fee-rand-gb     subject-milestone randomised       country GB  1000.00 GBP  10 %
+fee-sf-gb       screen-failure                     country GB  150.00 GBP   none      cap 1 per site
+fee-start-gb    site-milestone activated           site-gb     5000.00 GBP  none
+fee-v-study     visit-completed w2                 study       333.25 EUR   10 %
+fee-close-fr    site-milestone closed              country FR  2000.00 EUR  none
+==============  =================================  ==========  ===========  ========  =====
+
+No fee for a French randomisation, nor for site-fr's activation (both reported as no-fee).
+
+Rounding: ROUND_HALF_UP to the minor unit per line. 333.25 x 0.10 = 33.325 -> 33.33 (half-even
+would give 33.32), net 333.25 - 33.33 = 299.92.
+
+site-gb, 2026-01-01..2026-04-30 (GBP):
+  2026-01-10 start-up                   5000.00 - 0.00   = 5000.00
+  2026-02-01 s-gb-7 randomised          1000.00 - 100.00 =  900.00
+  2026-02-05 s-gb-6 randomised          no consent (not paid)
+  2026-02-10 s-gb-4 screen failure       150.00 - 0.00   =  150.00   (first: within the cap of 1)
+  2026-02-15 s-gb-1 randomised          1000.00 - 100.00 =  900.00
+  2026-02-15 s-gb-7 w2                  after the withdrawal on 2026-02-10 (not paid)
+  2026-02-19 s-gb-6 w2                  no consent (not paid)
+  2026-02-20 s-gb-5 screen failure      capped (the second; cap 1)
+  2026-03-01 s-gb-1 w2 (protocol 1.0)    300.00 - 30.00  =  270.00
+  2026-03-01 s-gb-3 randomised          1000.00 - 100.00 =  900.00
+  2026-03-20 s-gb-2 randomised          1000.00 - 100.00 =  900.00
+  2026-03-25 s-gb-3 w2                  out of window 2026-03-12..2026-03-18 (not paid)
+  2026-04-03 s-gb-2 w2 (protocol 2.0)    350.00 - 35.00  =  315.00
+  gross 5000 + 4 x 1000 + 150 + 300 + 350 = 9800.00; holdback 4 x 100 + 30 + 35 = 465.00;
+  net 9800.00 - 465.00 = 9335.00. The w2 rate changed in the period (300.00 -> 350.00): reported.
+
+site-fr, 2026-01-01..2026-06-30 (EUR):
+  2026-01-20 activated                  no fee (not paid)
+  2026-02-02 s-fr-1 randomised          no fee (not paid)
+  2026-02-16 s-fr-1 w2                   333.25 - 33.33  =  299.92
+  2026-03-02 s-fr-2 randomised          no fee (not paid)
+  2026-03-16 s-fr-2 w2                   333.25 - 33.33  =  299.92
+  2026-06-30 close-out                  2000.00 - 0.00   = 2000.00
+  2026-06-30 holdback release             66.66 - 0.00   =   66.66   (33.33 + 33.33)
+  gross 333.25 x 2 + 2000.00 + 66.66 = 2733.16; holdback 66.66; net 2666.50.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from fhir.resources.operationdefinition import OperationDefinition
+from fhir.resources.parameters import Parameters
+
+from .fhir import outcome_codes
+
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+CTMS = "http://fhir-ctms.org/fhir"
+P = "http://example.org/fhir/PlanDefinition/pay-protocol"
+LEVEL = f"{CTMS}/CodeSystem/study-level"
+STATE = "http://terminology.hl7.org/CodeSystem/research-subject-state"
+MILESTONE = "http://terminology.hl7.org/CodeSystem/research-subject-milestone"
+REASON = f"{CTMS}/CodeSystem/subject-progress-reason"
+USAGE = "http://terminology.hl7.org/CodeSystem/usage-context-type"
+EVENT_CS = f"{CTMS}/CodeSystem/payable-event"
+SID = f"{CTMS}/sid/payable-event"
+
+
+# -- building the study --------------------------------------------------------------------------
+
+def study(rid: str, level: str, **fields: Any) -> dict[str, Any]:
+    return {"resourceType": "ResearchStudy", "id": rid, "status": "active",
+            "classifier": [{"coding": [{"system": LEVEL, "code": level}]}], **fields}
+
+
+def milestones(*pairs: tuple[str, str]) -> list[dict[str, Any]]:
+    return [{"state": {"coding": [{"system": f"{CTMS}/CodeSystem/site-milestone", "code": c}]},
+             "actual": True, "period": {"start": d}} for c, d in pairs]
+
+
+def adoption(version: str, effective: str) -> dict[str, Any]:
+    return {"url": f"{CTMS}/StructureDefinition/site-protocol", "extension": [
+        {"url": "protocol", "valueCanonical": f"{P}|{version}"}, {"url": "effective", "valueDate": effective}]}
+
+
+def site(rid: str, country: str, parent: str, org: str, ms: list[tuple[str, str]], *adoptions: dict) -> dict:
+    return study(rid, "site", title=f"Site {rid}", partOf=[{"reference": f"ResearchStudy/{parent}"}],
+                 site=[{"reference": f"Organization/{org}"}],
+                 region=[{"coding": [{"system": "urn:iso:std:iso:3166", "code": country}]}],
+                 progressStatus=milestones(*ms), extension=list(adoptions))
+
+
+def subject(rid: str, site_id: str, progress: list[tuple], consent: bool = True) -> dict[str, Any]:
+    r: dict[str, Any] = {
+        "resourceType": "ResearchSubject", "id": rid, "status": "active",
+        "study": {"reference": f"ResearchStudy/{site_id}"}, "subject": {"reference": f"Patient/p-{rid}"},
+        "progress": []}
+    for state, start, *rest in progress:
+        p: dict[str, Any] = {"subjectState": {"coding": [{"system": STATE, "code": state}]}, "startDate": start}
+        if state == "on-study":
+            p["milestone"] = {"coding": [{"system": MILESTONE, "code": "Randomized"}]}
+        if rest:
+            p["reason"] = {"coding": [{"system": REASON, "code": rest[0]}]}
+        r["progress"].append(p)
+    if consent:
+        r["consent"] = [{"reference": f"Consent/c-{rid}"}]
+    return r
+
+
+def visit(sid: str, action: str, version: str, low: str, high: str, done: str) -> list[dict[str, Any]]:
+    appt = {"resourceType": "Appointment", "id": f"a-{sid}-{action}", "status": "fulfilled",
+            "identifier": [{"system": f"{CTMS}/sid/planned-visit", "value": f"{sid}/{action}"}],
+            "extension": [{"url": f"{CTMS}/StructureDefinition/protocol-visit",
+                           "valueCanonical": f"{P}|{version}#{action}"}],
+            "subject": {"reference": f"Patient/p-{sid}"},
+            "requestedPeriod": [{"start": low, "end": high}],
+            "participant": [{"actor": {"reference": f"Patient/p-{sid}"}, "status": "accepted"}]}
+    enc = {"resourceType": "Encounter", "id": f"e-{sid}-{action}", "status": "completed",
+           "subject": {"reference": f"Patient/p-{sid}"}, "appointment": [{"reference": f"Appointment/a-{sid}-{action}"}],
+           "actualPeriod": {"start": f"{done}T09:00:00Z", "end": f"{done}T10:00:00Z"}}
+    return [appt, enc]
+
+
+def fee(rid: str, kind: str, amount: str, currency: str, detail: str | None = None, holdback: str | None = None,
+        country: str | None = None, site_id: str | None = None, protocol: str | None = None,
+        cap: int | None = None, start: str = "2026-01-01") -> dict[str, Any]:
+    uc = [{"code": {"system": USAGE, "code": "program"}, "valueReference": {"reference": "ResearchStudy/pay-study"}}]
+    if country:
+        uc.append({"code": {"system": USAGE, "code": "venue"},
+                   "valueCodeableConcept": {"coding": [{"system": "urn:iso:std:iso:3166", "code": country}]}})
+    if site_id:
+        uc.append({"code": {"system": USAGE, "code": "venue"}, "valueReference": {"reference": f"ResearchStudy/{site_id}"}})
+    app: dict[str, Any] = {"effectivePeriod": {"start": start}}
+    if protocol:
+        app["relatedArtifact"] = {"type": "depends-on", "resource": f"{P}|{protocol}"}
+    comps: list[dict[str, Any]] = [{"type": "base", "amount": {"value": float(amount), "currency": currency}}]
+    if holdback:
+        comps.append({"type": "deduction", "code": {"coding": [{"system": EVENT_CS, "code": "holdback"}]},
+                      "factor": float(holdback)})
+    ext = []
+    if detail:
+        ext.append({"url": f"{CTMS}/StructureDefinition/payable-event-detail", "valueString": detail})
+    if cap is not None:
+        ext.append({"url": f"{CTMS}/StructureDefinition/per-site-cap", "valuePositiveInt": cap})
+    r = {"resourceType": "ChargeItemDefinition", "id": rid, "url": f"http://example.org/fhir/ChargeItemDefinition/{rid}",
+         "version": "1", "status": "active", "useContext": uc,
+         "code": {"coding": [{"system": EVENT_CS, "code": kind}]},
+         "applicability": [app], "propertyGroup": [{"priceComponent": comps}]}
+    if ext:
+        r["extension"] = ext
+    return r
+
+
+FEES = [
+    fee("fee-v-gb-1", "visit-completed", "300.00", "GBP", "w2", "0.10", country="GB", protocol="1.0"),
+    fee("fee-v-gb-2", "visit-completed", "350.00", "GBP", "w2", "0.10", country="GB", protocol="2.0"),
+    fee("fee-rand-gb", "subject-milestone", "1000.00", "GBP", "randomised", "0.10", country="GB"),
+    fee("fee-sf-gb", "screen-failure", "150.00", "GBP", country="GB", cap=1),
+    fee("fee-start-gb", "site-milestone", "5000.00", "GBP", "activated", site_id="site-gb"),
+    fee("fee-v-study", "visit-completed", "333.25", "EUR", "w2", "0.10"),
+    fee("fee-close-fr", "site-milestone", "2000.00", "EUR", "closed", country="FR"),
+]
+
+
+def resources() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [
+        {"resourceType": "Organization", "id": "sponsor", "name": "Pay Sponsor plc"},
+        {"resourceType": "Organization", "id": "org-gb", "name": "Royal Test Hospital",
+         "identifier": [{"system": "https://example.org/vendor", "value": "V-GB-1"}]},
+        {"resourceType": "Organization", "id": "org-fr", "name": "Hopital d'Essai",
+         "identifier": [{"system": "https://example.org/vendor", "value": "V-FR-1"}]},
+        study("pay-study", "study", title="Pay study", associatedParty=[
+            {"role": {"coding": [{"system": "http://hl7.org/fhir/research-study-party-role", "code": "sponsor"}]},
+             "party": {"reference": "Organization/sponsor"}}]),
+        study("pay-fr", "country", partOf=[{"reference": "ResearchStudy/pay-study"}]),
+        site("site-gb", "GB", "pay-study", "org-gb", [("activated", "2026-01-10")],
+             adoption("1.0", "2026-01-01"), adoption("2.0", "2026-04-01")),
+        site("site-fr", "FR", "pay-fr", "org-fr", [("activated", "2026-01-20"), ("closed", "2026-06-30")],
+             adoption("1.0", "2026-01-01")),
+        study("other-site", "site", partOf=[{"reference": "ResearchStudy/other-study"}]),
+        *FEES,
+    ]
+    subs = [
+        subject("s-gb-1", "site-gb", [("screening", "2026-02-01"), ("on-study", "2026-02-15")]),
+        subject("s-gb-2", "site-gb", [("screening", "2026-03-06"), ("on-study", "2026-03-20")]),
+        subject("s-gb-3", "site-gb", [("screening", "2026-02-15"), ("on-study", "2026-03-01")]),
+        subject("s-gb-4", "site-gb", [("screening", "2026-02-01"), ("ineligible", "2026-02-10", "screen-failure")]),
+        subject("s-gb-5", "site-gb", [("screening", "2026-02-05"), ("ineligible", "2026-02-20", "screen-failure")]),
+        subject("s-gb-6", "site-gb", [("screening", "2026-01-22"), ("on-study", "2026-02-05")], consent=False),
+        subject("s-gb-7", "site-gb", [("screening", "2026-01-18"), ("on-study", "2026-02-01"),
+                                      ("withdrawn", "2026-02-10", "withdrawn-by-subject")]),
+        subject("s-fr-1", "site-fr", [("screening", "2026-01-19"), ("on-study", "2026-02-02")]),
+        subject("s-fr-2", "site-fr", [("screening", "2026-02-16"), ("on-study", "2026-03-02")]),
+    ]
+    for s in subs:
+        out.append({"resourceType": "Patient", "id": f"p-{s['id']}"})
+        if s.get("consent"):
+            out.append({"resourceType": "Consent", "id": f"c-{s['id']}", "status": "active",
+                        "subject": {"reference": f"Patient/p-{s['id']}"}})
+        out.append(s)
+    out += visit("s-gb-1", "w2", "1.0", "2026-02-26", "2026-03-04", "2026-03-01")
+    out += visit("s-gb-2", "w2", "2.0", "2026-04-01", "2026-04-07", "2026-04-03")
+    out += visit("s-gb-3", "w2", "1.0", "2026-03-12", "2026-03-18", "2026-03-25")  # out of window
+    out += visit("s-gb-6", "w2", "1.0", "2026-02-16", "2026-02-22", "2026-02-19")  # no consent
+    out += visit("s-gb-7", "w2", "1.0", "2026-02-12", "2026-02-18", "2026-02-15")  # after withdrawal
+    out += visit("s-fr-1", "w2", "1.0", "2026-02-13", "2026-02-19", "2026-02-16")
+    out += visit("s-fr-2", "w2", "1.0", "2026-03-13", "2026-03-19", "2026-03-16")
+    return out
+
+
+async def build(client) -> None:
+    for r in resources():
+        resp = await client.put(f"/{r['resourceType']}/{r['id']}", json=r)
+        assert resp.status_code in (200, 201), resp.text
+
+
+# -- reading the answer --------------------------------------------------------------------------
+
+def _value(p: dict[str, Any]) -> Any:
+    v = next((v for k, v in p.items() if k.startswith("value")), None)
+    if isinstance(v, dict) and "currency" in v:
+        return (Decimal(str(v["value"])).quantize(Decimal("0.01")), v["currency"])
+    if isinstance(v, dict) and "reference" in v:
+        return v["reference"]
+    return v
+
+
+def _parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in parts:
+        out.setdefault(p["name"], []).append(_value(p) if "part" not in p else _parts(p["part"]))
+    return {k: v[0] if len(v) == 1 and k not in ("event", "discrepancy", "definition") else v for k, v in out.items()}
+
+
+def sites_of(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    Parameters.model_validate(body)
+    return {s["site"]: s for s in (_parts(p["part"]) for p in body["parameter"] if p["name"] == "site")}
+
+
+def events(site_part: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["key"]: e for e in site_part.get("event", [])}
+
+
+def gbp(v: str) -> tuple[Decimal, str]:
+    return (Decimal(v), "GBP")
+
+
+def eur(v: str) -> tuple[Decimal, str]:
+    return (Decimal(v), "EUR")
+
+
+async def payments(client, expect: int = 200, method: str = "GET", **params: Any) -> dict[str, Any]:
+    if method == "GET":
+        resp = await client.get("/ResearchStudy/pay-study/$payments", params=params)
+    else:
+        body = {"resourceType": "Parameters", "parameter": [
+            {"name": k, ("valueBoolean" if isinstance(v, bool) else "valueString" if k == "site" else "valueDate"): v}
+            for k, v in params.items()]}
+        resp = await client.post("/ResearchStudy/pay-study/$payments", json=body)
+    assert resp.status_code == expect, resp.text
+    return resp.json()
+
+
+# -- tests ---------------------------------------------------------------------------------------
+
+def test_operation_definitions_are_valid():
+    for name in ("OperationDefinition-ResearchStudy-payments.json", "OperationDefinition-Invoice-payment-file.json"):
+        d = json.loads((PROFILES / name).read_text())
+        OperationDefinition.model_validate(d)
+    d = json.loads((PROFILES / "OperationDefinition-ResearchStudy-payments.json").read_text())
+    assert d["url"] == f"{CTMS}/OperationDefinition/ResearchStudy-payments" and d["affectsState"] is True
+
+
+async def test_report_every_figure(client):
+    await build(client)
+    out = sites_of(await payments(client, start="2026-01-01", end="2026-04-30"))
+    assert set(out) == {"ResearchStudy/site-gb", "ResearchStudy/site-fr"}
+    gb = out["ResearchStudy/site-gb"]
+    assert gb["currency"] == "GBP" and gb["payee"] == "Organization/org-gb"
+    ev = events(gb)
+    assert len(ev) == 13
+    # paid, with the definition each rate comes from
+    paid = {k: (e["definition"][0], e["rate"], e["gross"], e["holdback"], e["net"], e["due"])
+            for k, e in ev.items() if e["status"] == "payable"}
+    U = "http://example.org/fhir/ChargeItemDefinition/"
+    assert paid == {
+        "site-milestone/site-gb/activated": (f"{U}fee-start-gb|1", gbp("5000"), gbp("5000"), gbp("0"), gbp("5000"), gbp("5000")),
+        "subject-milestone/s-gb-7/randomised": (f"{U}fee-rand-gb|1", gbp("1000"), gbp("1000"), gbp("100"), gbp("900"), gbp("900")),
+        "screen-failure/s-gb-4": (f"{U}fee-sf-gb|1", gbp("150"), gbp("150"), gbp("0"), gbp("150"), gbp("150")),
+        "subject-milestone/s-gb-1/randomised": (f"{U}fee-rand-gb|1", gbp("1000"), gbp("1000"), gbp("100"), gbp("900"), gbp("900")),
+        "visit/s-gb-1/w2": (f"{U}fee-v-gb-1|1", gbp("300"), gbp("300"), gbp("30"), gbp("270"), gbp("270")),
+        "subject-milestone/s-gb-3/randomised": (f"{U}fee-rand-gb|1", gbp("1000"), gbp("1000"), gbp("100"), gbp("900"), gbp("900")),
+        "subject-milestone/s-gb-2/randomised": (f"{U}fee-rand-gb|1", gbp("1000"), gbp("1000"), gbp("100"), gbp("900"), gbp("900")),
+        # after the amendment (protocol 2.0): the new rate
+        "visit/s-gb-2/w2": (f"{U}fee-v-gb-2|1", gbp("350"), gbp("350"), gbp("35"), gbp("315"), gbp("315")),
+    }
+    # reported, not paid
+    issues = {k: e.get("issue") for k, e in ev.items() if e["status"] != "payable"}
+    assert issues == {"subject-milestone/s-gb-6/randomised": "no-consent", "visit/s-gb-6/w2": "no-consent",
+                      "visit/s-gb-7/w2": "after-withdrawal", "screen-failure/s-gb-5": "capped",
+                      "visit/s-gb-3/w2": "out-of-window"}
+    assert ev["screen-failure/s-gb-5"]["status"] == "capped" and ev["visit/s-gb-3/w2"]["net"] == gbp("0")
+    assert (gb["gross"], gb["holdback"], gb["net"], gb["invoiced"], gb["due"]) == \
+        (gbp("9800"), gbp("465"), gbp("9335"), gbp("0"), gbp("9335"))
+    codes = sorted(d["code"] for d in gb["discrepancy"])
+    assert codes == ["after-withdrawal", "capped", "no-consent", "no-consent", "out-of-window", "rate-changed"]
+    rc = next(d for d in gb["discrepancy"] if d["code"] == "rate-changed")
+    assert rc["definition"] == [f"{U}fee-v-gb-1|1", f"{U}fee-v-gb-2|1"]
+
+    fr = sites_of(await payments(client, start="2026-01-01", end="2026-06-30"))["ResearchStudy/site-fr"]
+    ev = events(fr)
+    assert fr["currency"] == "EUR"
+    assert {k: (e["status"], e["gross"], e["holdback"], e["net"]) for k, e in ev.items() if e["status"] != "not-paid"} == {
+        "visit/s-fr-1/w2": ("payable", eur("333.25"), eur("33.33"), eur("299.92")),  # 33.325 half up
+        "visit/s-fr-2/w2": ("payable", eur("333.25"), eur("33.33"), eur("299.92")),
+        "site-milestone/site-fr/closed": ("payable", eur("2000"), eur("0"), eur("2000")),
+        "holdback-release/site-fr": ("release", eur("66.66"), eur("0"), eur("66.66")),
+    }
+    assert {k for k, e in ev.items() if e.get("issue") == "no-fee"} == {
+        "site-milestone/site-fr/activated", "subject-milestone/s-fr-1/randomised", "subject-milestone/s-fr-2/randomised"}
+    assert (fr["gross"], fr["holdback"], fr["net"], fr["due"]) == (eur("2733.16"), eur("66.66"), eur("2666.5"), eur("2666.5"))
+    assert not [d for d in fr["discrepancy"] if d["code"] == "rate-changed"]
+
+
+async def test_period_and_site_filters(client):
+    await build(client)
+    # March only, site-gb only: s-gb-1 w2 300, s-gb-3 randomised 1000, s-gb-2 randomised 1000
+    body = await payments(client, site="ResearchStudy/site-gb", start="2026-03-01", end="2026-03-31")
+    out = sites_of(body)
+    assert list(out) == ["ResearchStudy/site-gb"]
+    gb = out["ResearchStudy/site-gb"]
+    assert sorted(k for k, e in events(gb).items() if e["status"] == "payable") == [
+        "subject-milestone/s-gb-2/randomised", "subject-milestone/s-gb-3/randomised", "visit/s-gb-1/w2"]
+    # 300 + 1000 + 1000 = 2300; holdback 30 + 100 + 100 = 230; net 2070
+    assert (gb["gross"], gb["holdback"], gb["net"]) == (gbp("2300"), gbp("230"), gbp("2070"))
+    # site-gb ran protocol 1.0 all March: only the 1.0 w2 rate applied, no rate change
+    assert "rate-changed" not in [d["code"] for d in gb["discrepancy"]]
+    # 2026-03-15..2026-04-15 spans its adoption of 2.0 on 2026-04-01: the w2 rate changed
+    gb = sites_of(await payments(client, site="site-gb", start="2026-03-15", end="2026-04-15"))["ResearchStudy/site-gb"]
+    assert [d["code"] for d in gb["discrepancy"]].count("rate-changed") == 1
+
+
+async def test_errors(client):
+    await build(client)
+    r = await client.get("/ResearchStudy/nope/$payments")
+    assert r.status_code == 404 and outcome_codes(r) == ["not-found"]
+    for bad in ({"start": "2026-13-01"}, {"end": "2026-1-1"}, {"start": "2026-05-01", "end": "2026-04-01"},
+                {"bogus": "1"}, {"persist": "maybe"}):
+        r = await client.post("/ResearchStudy/pay-study/$payments", params=bad)
+        assert r.status_code == 400, (bad, r.text)
+    r = await client.get("/ResearchStudy/pay-study/$payments", params={"site": "other-site"})
+    assert r.status_code == 422 and "not a site of" in r.text
+    r = await client.get("/ResearchStudy/pay-study/$payments", params={"persist": "true"})
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    # nothing was written by any of these
+    assert (await client.get("/ChargeItem")).json().get("total", 0) == 0
+    assert (await client.get("/Invoice")).json().get("total", 0) == 0
+    r = await client.get("/Invoice/nope/$payment-file")
+    assert r.status_code == 404
+
+
+async def _provenance(client, ref: str) -> int:
+    r = await client.get("/Provenance", params={"target": ref})
+    assert r.status_code == 200
+    return len(r.json().get("entry", []))
+
+
+async def test_persist_is_idempotent_and_audited(client):
+    await build(client)
+    # site-gb to 2026-03-15: start-up 5000, s-gb-7 1000, s-gb-4 150, s-gb-1 1000, s-gb-1 w2 300,
+    # s-gb-3 1000: gross 8450, holdback 100 x 3 + 30 = 330, net 8120; 6 ChargeItems
+    out = await payments(client, method="POST", site="site-gb", start="2026-01-01", end="2026-03-15", persist=True)
+    params = {p["name"]: p for p in out["parameter"]}
+    assert params["chargeItemsCreated"]["valueInteger"] == 6
+    gb = sites_of(out)["ResearchStudy/site-gb"]
+    inv_ref = gb["invoice"]
+    inv = (await client.get(f"/{inv_ref}")).json()
+    assert inv["status"] == "draft" and inv["issuer"] == {"reference": "Organization/org-gb"}
+    assert inv["recipient"] == {"reference": "Organization/sponsor"}
+    assert (inv["totalGross"], inv["totalNet"]) == ({"value": 8450, "currency": "GBP"}, {"value": 8120, "currency": "GBP"})
+    assert [pc["amount"]["value"] for pc in inv["totalPriceComponent"]] == [8450, 330]
+    assert len(inv["lineItem"]) == 6
+    items = (await client.get("/ChargeItem", params={"identifier": f"{SID}|"})).json()["entry"]
+    assert len(items) == 6
+    for e in items:
+        ci = e["resource"]
+        assert ci["status"] == "billed" and ci["performingOrganization"] == {"reference": "Organization/org-gb"}
+        assert await _provenance(client, f"ChargeItem/{ci['id']}") == 1
+    assert await _provenance(client, inv_ref) == 1
+    site_level = [e["resource"] for e in items if e["resource"]["identifier"][0]["value"].startswith("site-milestone/")]
+    assert site_level[0]["subject"]["reference"].startswith("Group/")
+    assert site_level[0]["definitionCanonical"] == ["http://example.org/fhir/ChargeItemDefinition/fee-start-gb|1"]
+
+    # the report now says invoiced, nothing due
+    gb = sites_of(await payments(client, site="site-gb", start="2026-01-01", end="2026-03-15"))["ResearchStudy/site-gb"]
+    assert (gb["net"], gb["invoiced"], gb["due"]) == (gbp("8120"), gbp("8120"), gbp("0"))
+    assert events(gb)["visit/s-gb-1/w2"]["invoice"] == inv_ref
+
+    # again: nothing new, no new invoice
+    out = await payments(client, method="POST", site="site-gb", start="2026-01-01", end="2026-03-15", persist=True)
+    assert {p["name"]: p for p in out["parameter"]}["chargeItemsCreated"]["valueInteger"] == 0
+    assert "invoice" not in sites_of(out)["ResearchStudy/site-gb"]
+    assert len((await client.get("/Invoice")).json()["entry"]) == 1
+
+    # the whole period: only the new events (s-gb-2 randomised 1000/100/900 and w2 350/35/315)
+    out = await payments(client, method="POST", site="site-gb", start="2026-01-01", end="2026-04-30", persist=True)
+    assert {p["name"]: p for p in out["parameter"]}["chargeItemsCreated"]["valueInteger"] == 2
+    second = (await client.get("/" + sites_of(out)["ResearchStudy/site-gb"]["invoice"])).json()
+    assert second["id"] != inv["id"] and len(second["lineItem"]) == 2
+    assert (second["totalGross"]["value"], second["totalNet"]["value"]) == (1350, 1215)  # 1350 - 135
+    assert len((await client.get("/ChargeItem")).json()["entry"]) == 8
+    gb = sites_of(await payments(client, site="site-gb", start="2026-01-01", end="2026-04-30"))["ResearchStudy/site-gb"]
+    assert (gb["net"], gb["invoiced"], gb["due"]) == (gbp("9335"), gbp("9335"), gbp("0"))  # 8120 + 1215
+    # the call itself is audited
+    audits = (await client.get("/AuditEvent", params={"entity": "ResearchStudy/pay-study"})).json()
+    assert len(audits.get("entry", [])) >= 3
+
+    # the first invoice cancelled: its six events are due again (8120.00), and the next run puts
+    # their existing ChargeItems on a new invoice without making new ones
+    inv = (await client.get(f"/{inv_ref}")).json()
+    r = await client.put(f"/{inv_ref}", json={**inv, "status": "cancelled"})
+    assert r.status_code == 200, r.text
+    gb = sites_of(await payments(client, site="site-gb", start="2026-01-01", end="2026-04-30"))["ResearchStudy/site-gb"]
+    assert (gb["invoiced"], gb["due"]) == (gbp("1215"), gbp("8120"))
+    out = await payments(client, method="POST", site="site-gb", start="2026-01-01", end="2026-04-30", persist=True)
+    assert {p["name"]: p for p in out["parameter"]}["chargeItemsCreated"]["valueInteger"] == 0
+    third = (await client.get("/" + sites_of(out)["ResearchStudy/site-gb"]["invoice"])).json()
+    assert third["id"] not in (inv["id"], second["id"])
+    assert sorted(li["chargeItemReference"]["reference"] for li in third["lineItem"]) == sorted(
+        li["chargeItemReference"]["reference"] for li in inv["lineItem"])
+    assert third["totalNet"]["value"] == 8120 and len((await client.get("/ChargeItem")).json()["entry"]) == 8
+
+
+async def test_invoice_issued_balanced_and_payment_file(client):
+    await build(client)
+    out = await payments(client, method="POST", site="site-fr", start="2026-01-01", end="2026-06-30", persist=True)
+    # 2 visits, the close-out fee and the holdback release
+    assert {p["name"]: p for p in out["parameter"]}["chargeItemsCreated"]["valueInteger"] == 4
+    ref = sites_of(out)["ResearchStudy/site-fr"]["invoice"]
+    inv = (await client.get(f"/{ref}")).json()
+    assert (inv["totalGross"]["value"], inv["totalNet"]["value"]) == (2733.16, 2666.5)
+    r = await client.get(f"/{ref}/$payment-file")
+    assert r.status_code == 422  # a draft is not paid
+    inv["status"] = "issued"
+    r = await client.put(f"/{ref}", json=inv)
+    assert r.status_code == 200, r.text
+
+    r = await client.get(f"/{ref}/$payment-file")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert len(rows) == 5 and rows[-1]["line"] == "TOTAL"
+    assert {row["payee_name"] for row in rows} == {"Hopital d'Essai"}
+    assert {row["payee_identifier"] for row in rows} == {"https://example.org/vendor|V-FR-1"}
+    assert {(row["site"], row["site_title"], row["currency"], row["invoice"]) for row in rows} == {
+        ("ResearchStudy/site-fr", "Site site-fr", "EUR", ref)}
+    lines = [(row["event_key"], row["event_date"], row["gross"], row["holdback"], row["net"]) for row in rows[:-1]]
+    assert lines == [
+        ("visit/s-fr-1/w2", "2026-02-16", "333.25", "33.33", "299.92"),
+        ("visit/s-fr-2/w2", "2026-03-16", "333.25", "33.33", "299.92"),
+        ("holdback-release/site-fr", "2026-06-30", "66.66", "0.00", "66.66"),
+        ("site-milestone/site-fr/closed", "2026-06-30", "2000.00", "0.00", "2000.00"),
+    ]
+    assert all(row["charge_item"].startswith("ChargeItem/") for row in rows[:-1])
+    # the total: 2733.16 gross, 66.66 withheld, 2666.50 to pay
+    assert (rows[-1]["gross"], rows[-1]["holdback"], rows[-1]["net"]) == ("2733.16", "66.66", "2666.50")
+
+    async def notice(rid: str, amount: float) -> None:
+        r = await client.put(f"/PaymentNotice/{rid}", json={
+            "resourceType": "PaymentNotice", "id": rid, "status": "active", "created": "2026-07-15",
+            "request": {"reference": ref}, "recipient": {"reference": "Organization/org-fr"},
+            "amount": {"value": amount, "currency": "EUR"}})
+        assert r.status_code == 201, r.text
+
+    await notice("pn-1", 2000.00)
+    out = await payments(client, method="POST", site="site-fr", persist=True)
+    assert "balanced" not in {p["name"] for p in out["parameter"]}  # 2000.00 < 2666.50
+    assert (await client.get(f"/{ref}")).json()["status"] == "issued"
+    await notice("pn-2", 666.50)
+    out = await payments(client, method="POST", site="site-fr", persist=True)
+    assert [p["valueReference"]["reference"] for p in out["parameter"] if p["name"] == "balanced"] == [ref]
+    now = (await client.get(f"/{ref}")).json()
+    assert now["status"] == "balanced" and now["meta"]["versionId"] == "3"
+    assert await _provenance(client, ref) == 3  # created, issued, balanced
+    # balanced once: a further call changes nothing
+    out = await payments(client, method="POST", site="site-fr", persist=True)
+    assert "balanced" not in {p["name"] for p in out["parameter"]}
+    assert {p["name"]: p for p in out["parameter"]}["chargeItemsCreated"]["valueInteger"] == 0
+
+
+# -- the example study: the README's payment figures ---------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+FEE_BASE = f"{CTMS}/ChargeItemDefinition/acme-101-"
+
+
+def readme_payments() -> list[tuple[str, str, str, str, list[list[str]], tuple[str, str, str]]]:
+    """(site, start, end, currency, rows, totals) of each payment example of examples/README.md."""
+    import re
+    text = (EXAMPLES / "README.md").read_text(encoding="utf-8")
+    out = []
+    for m in re.finditer(r"### `(site-[\w-]+)`, (\d{4}-\d\d-\d\d) to (\d{4}-\d\d-\d\d) \((\w+)\)\n(.*?)Totals: "
+                         r"gross \*\*([\d.]+) \w+\*\*, holdback \*\*([\d.]+) \w+\*\*, net \*\*([\d.]+)", text, re.S):
+        rows = [[c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+                for line in m.group(5).splitlines() if line.startswith("| 20")]
+        out.append((m.group(1), m.group(2), m.group(3), m.group(4), rows, (m.group(6), m.group(7), m.group(8))))
+    return out
+
+
+async def test_example_study_payments_match_the_readme(client):
+    """The README's figures are computed by examples/build_example.py (its own small calculator
+    over its tables); $payments computes them from the stored resources: they must agree."""
+    examples = readme_payments()
+    assert [(s, a) for s, a, *_ in examples] == [
+        ("site-fr-03", "2025-01-01"), ("site-gb-01", "2026-04-01"), ("site-gb-01", "2026-09-01")]
+    # the closed site's whole life: its close-out fee and the release of its holdback
+    assert {r[1] for r in examples[0][4] if r[2] in ("payable", "release")} >= {
+        "site-milestone/site-fr-03/closed", "holdback-release/site-fr-03"}
+    # a screen failure beyond the cap and a visit out of its window, reported and not paid
+    assert {r[2] for r in examples[2][4]} >= {"capped", "out-of-window"}
+    for name in ("acme-101-1-study.json", "acme-101-2-amendment.json"):
+        r = await client.post("", content=(EXAMPLES / name).read_bytes(), headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 200, r.text[:2000]
+    for site_id, start, end, currency, rows, totals in examples:
+        r = await client.get("/ResearchStudy/acme-101/$payments", params={"site": site_id, "start": start, "end": end})
+        assert r.status_code == 200, r.text
+        site_part = sites_of(r.json())[f"ResearchStudy/{site_id}"]
+        assert site_part["currency"] == currency
+        got = []
+        for e in site_part.get("event", []):
+            status = e["status"] if e["status"] in ("payable", "release", "capped") else e["issue"]
+            definition = e["definition"][0] if e["status"] in ("payable", "capped") else "-"
+            money = [f"{e[k][0]:.2f}" if e["status"] in ("payable", "release") else "0.00"
+                     for k in ("gross", "holdback", "net")]
+            got.append([e["date"], e["key"], status, definition, *money])
+        want = [[r[0], r[1], r[2], "-" if r[3] == "-" else f"{FEE_BASE}{r[3].removeprefix('fee-')}|1", *r[4:]]
+                for r in rows]
+        assert got == want, site_id
+        assert tuple(f"{site_part[k][0]:.2f}" for k in ("gross", "holdback", "net")) == totals
+    # the second period at site-gb-01 spans its adoption of 2.0 (2026-07-01): the w8 rate changed
+    r = await client.get("/ResearchStudy/acme-101/$payments",
+                         params={"site": "site-gb-01", "start": examples[1][1], "end": examples[1][2]})
+    changed = [d for d in sites_of(r.json())["ResearchStudy/site-gb-01"]["discrepancy"] if d["code"] == "rate-changed"]
+    assert [d["definition"] for d in changed] == [[f"{FEE_BASE}gb-visit-w8-v1|1", f"{FEE_BASE}gb-visit-w8-v2|1"]]
+
+
+async def test_concurrent_persists_pay_each_event_once(client):
+    import asyncio
+    await build(client)
+    outs = await asyncio.gather(*[payments(client, method="POST", site="site-gb", start="2026-01-01",
+                                           end="2026-03-15", persist=True) for _ in range(2)])
+    # the six events of the period (see test_persist_is_idempotent_and_audited): six ChargeItems
+    # and one invoice of 8120.00, whichever call made them
+    assert sum({p["name"]: p for p in o["parameter"]}["chargeItemsCreated"]["valueInteger"] for o in outs) == 6
+    invoices = (await client.get("/Invoice")).json()["entry"]
+    assert len(invoices) == 1 and invoices[0]["resource"]["totalNet"]["value"] == 8120
+    assert len((await client.get("/ChargeItem")).json()["entry"]) == 6
+    # (a call that read after the other's commit had nothing due and names no invoice)
+    named = {sites_of(o)["ResearchStudy/site-gb"].get("invoice") for o in outs} - {None}
+    assert named == {f"Invoice/{invoices[0]['resource']['id']}"}

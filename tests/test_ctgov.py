@@ -10,6 +10,9 @@ unchanged, module by module; every other field of the records must be in the doc
 from __future__ import annotations
 
 import copy
+import csv
+import datetime as dt
+import io
 import json
 import os
 import subprocess
@@ -108,7 +111,9 @@ async def test_imported_study_follows_the_ctms_model(client, repo):
     assert "meta" not in study or "profile" not in study["meta"]
     assert any("does not claim the ctms-study profile" in n and "targetNumber" in n for n in report.notes)
     site = (await client.get("/ResearchStudy/nct03418623-site-001")).json()
-    assert site["partOf"] == [{"reference": "ResearchStudy/nct03418623"}]
+    # partOf the study and its country (profiles/README.md): one search lists a study's sites
+    assert site["partOf"] == [{"reference": "ResearchStudy/nct03418623-us"},
+                              {"reference": "ResearchStudy/nct03418623"}]
     assert site["region"][0]["coding"][0]["code"] == "US"
     location = (await client.get("/Location/nct03418623-site-001")).json()
     assert location["address"]["postalCode"] == "29425" and location["position"]["latitude"] == 32.77657
@@ -339,6 +344,12 @@ def test_fields_absent_from_the_sample_records_round_trip_too():
     conversion = convert(rec)
     by_id = {r["id"]: r for r in conversion.resources if r["resourceType"] == "ResearchStudy"}
     study = by_id["nct03418623"]
+    no_design = copy.deepcopy(rec)
+    no_design["protocolSection"]["designModule"] = {"phases": ["PHASE2"],
+                                                    "enrollmentInfo": {"count": 30, "type": "ESTIMATED"}}
+    lacking = convert(no_design)
+    assert "meta" not in lacking.resources[0]  # ctms-study requires a studyDesign
+    assert any("no study design" in m for m in lacking.missing)
     assert {"system": "https://euclinicaltrials.eu/clinicalTrialId", "value": "2023-501234-12-00",
             "type": {"coding": [{"system": "https://clinicaltrials.gov/data-api/about-api/study-data-structure#SecondaryIdType",
                                  "code": "CTIS"}]}} in study["identifier"]
@@ -392,3 +403,263 @@ def test_values_of_the_wrong_type_are_a_clear_rejection_never_a_crash():
                 convert(mutated)
             except NotARecord:
                 pass
+
+
+# -- sites partOf their country: $enrollment's roll-up ----------------------------------------
+
+async def test_an_imported_site_rolls_up_into_its_country_in_enrollment(client, repo):
+    """NCT00973089 has one site, in Israel: a subject on study there counts at the site, in the
+    country row (the site is partOf its country and the study) and in the study row."""
+    report = await imported(repo, [DATA / "NCT00973089.json"])
+    assert report.rejected == []
+    site = (await client.get("/ResearchStudy/nct00973089-site-001")).json()
+    assert site["partOf"] == [{"reference": "ResearchStudy/nct00973089-il"},
+                              {"reference": "ResearchStudy/nct00973089"}]
+    for part_of in ("nct00973089", "nct00973089-il"):  # one search lists the sites, at either level
+        found = (await client.get(f"/ResearchStudy?classifier={LEVEL}|site&part-of=ResearchStudy/{part_of}"
+                                  "&_total=accurate")).json()
+        assert found["total"] == 1 and found["entry"][0]["resource"]["id"] == "nct00973089-site-001"
+    patient = {"resourceType": "Patient", "id": "il-1", "gender": "female"}
+    state = "http://terminology.hl7.org/CodeSystem/research-subject-state"
+    subject = {"resourceType": "ResearchSubject", "id": "il-1-subject", "status": "active",
+               "identifier": [{"system": "http://example.org/subject", "value": "IL-001"}],
+               "study": {"reference": "ResearchStudy/nct00973089-site-001"},
+               "subject": {"reference": "Patient/il-1"},
+               "progress": [
+                   {"subjectState": {"coding": [{"system": state, "code": "screening"}]},
+                    "startDate": "2026-01-05", "endDate": "2026-01-19"},
+                   {"subjectState": {"coding": [{"system": state, "code": "on-study"}]},
+                    "startDate": "2026-01-19"}]}
+    for r in (patient, subject):
+        assert (await client.put(f"/{r['resourceType']}/{r['id']}", json=r)).status_code == 201
+    r = await client.get("/ResearchStudy/nct00973089/$enrollment", params={"_format": "csv", "date": "2026-06-01"})
+    assert r.status_code == 200, r.text
+    rows = {row["reference"]: row for row in csv.DictReader(io.StringIO(r.text))}
+    assert set(rows) == {"ResearchStudy/nct00973089", "ResearchStudy/nct00973089-il",
+                         "ResearchStudy/nct00973089-site-001"}
+    country = rows["ResearchStudy/nct00973089-il"]
+    assert (country["level"], country["region"], country["screened"], country["enrolled"], country["active"]) \
+        == ("country", "IL", "1", "1", "1")
+    assert rows["ResearchStudy/nct00973089-site-001"]["partOf"] == "ResearchStudy/nct00973089-il"
+    assert rows["ResearchStudy/nct00973089"]["enrolled"] == "1"
+
+
+# -- the registry export of a study made in the CTMS: the example study -----------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+#: the registry's names of the example's countries (ISO 3166 codes in the CTMS)
+REGISTRY_COUNTRY = {"GB": "United Kingdom", "DE": "Germany", "FR": "France"}
+
+
+def example_sites() -> list[dict[str, str]]:
+    """The rows of examples/README.md's "Per site" table: site, country, state (in words)."""
+    text = (EXAMPLES / "README.md").read_text(encoding="utf-8").split("### Per site\n", 1)[1]
+    lines = [ln for ln in text.strip().splitlines()]
+    lines = lines[:next(i for i, ln in enumerate(lines) if not ln.startswith("|"))]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip().strip("`") for c in ln.strip("|").split("|")), strict=True))
+            for ln in lines[2:]]
+
+
+def registry_status(state: str) -> str:
+    """The README's description of a site's state as the registry's location status."""
+    if state.startswith("closed"):
+        return "COMPLETED"
+    if "enrolment closed" in state:
+        return "ACTIVE_NOT_RECRUITING"
+    if state.startswith("activated"):
+        return "RECRUITING"
+    assert state.startswith(("selected", "IRB approved")), state
+    return "NOT_YET_RECRUITING"
+
+
+async def test_registry_export_of_the_example_study(client):
+    files = sorted(EXAMPLES.glob("acme-101-*.json"))
+    assert len(files) == 2
+    for path in files:
+        r = await client.post("", content=path.read_bytes(), headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 200, r.text[:2000]
+    before = dt.datetime.now(dt.timezone.utc).date()
+    r = await client.get("/ResearchStudy/acme-101/$registry-export")
+    assert r.status_code == 200, r.text
+    out = r.json()["protocolSection"]
+    ident = out["identificationModule"]
+    assert ident["nctId"] == "NCT09990101" and ident["orgStudyIdInfo"] == {"id": "ACME-101"}
+    assert {"id": "2024-519901-27-00", "type": "CTIS"} in ident["secondaryIdInfos"]
+    # the sponsor (R5 role sponsor) is the organization and the lead sponsor; its Organization's
+    # type (organization-type bus) gives the class
+    assert ident["organization"] == {"fullName": "Acme Therapeutics plc", "class": "INDUSTRY"}
+    sponsors = out["sponsorCollaboratorsModule"]
+    assert sponsors["leadSponsor"] == {"name": "Acme Therapeutics plc", "class": "INDUSTRY"}
+    assert sponsors["collaborators"] == [{"name": "Northwind Clinical Research Ltd", "class": "INDUSTRY"}]
+    # three sites recruit: the study recruits, verified on the export date
+    status = out["statusModule"]
+    assert status["overallStatus"] == "RECRUITING"
+    assert status["statusVerifiedDate"] in {before.isoformat()[:7],
+                                            dt.datetime.now(dt.timezone.utc).date().isoformat()[:7]}
+    assert status["startDateStruct"] == {"date": "2025-03-31", "type": "ACTUAL"}
+    # studyDesign's SEVCO codes: interventional, randomized, parallel; participants, intervention
+    # providers (care providers and investigators) and outcome assessors blinded: four roles
+    design = out["designModule"]
+    assert design["studyType"] == "INTERVENTIONAL" and design["phases"] == ["PHASE2"]
+    assert design["designInfo"] == {
+        "allocation": "RANDOMIZED", "interventionModel": "PARALLEL", "primaryPurpose": "TREATMENT",
+        "maskingInfo": {"masking": "QUADRUPLE",
+                        "whoMasked": ["PARTICIPANT", "CARE_PROVIDER", "INVESTIGATOR", "OUTCOMES_ASSESSOR"]}}
+    assert design["enrollmentInfo"] == {"count": 90, "type": "ESTIMATED"}
+    # one location per site (each once, though partOf its country and the study), in site id
+    # order, with the registry's country name and the status the site's milestones give
+    rows = sorted(example_sites(), key=lambda row: row["site"])
+    assert len(rows) == 8
+    bundle = json.loads(files[0].read_text(encoding="utf-8"))
+    by_ref = {f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"] for e in bundle["entry"]}
+    facilities = [next(by_ref[s["reference"]]["name"] for s in by_ref[f"ResearchStudy/{row['site']}"]["site"]
+                       if s["reference"].startswith("Organization/")) for row in rows]
+    locations = out["contactsLocationsModule"]["locations"]
+    assert [(loc["facility"], loc["country"], loc["status"]) for loc in locations] == [
+        (facility, REGISTRY_COUNTRY[row["country"]], registry_status(row["state"]))
+        for facility, row in zip(facilities, rows, strict=True)]
+    assert {loc["status"] for loc in locations} == {"RECRUITING", "ACTIVE_NOT_RECRUITING", "COMPLETED",
+                                                    "NOT_YET_RECRUITING"}
+    assert locations[0]["city"] == "Köln"
+
+
+# -- the export's rules for a study made in the CTMS (no server) ------------------------------
+
+SEVCO_SYSTEM = "http://hl7.org/fhir/study-design"
+SITE_MS = "http://fhir-ctms.org/fhir/CodeSystem/site-milestone"
+STUDY_MS = "http://fhir-ctms.org/fhir/CodeSystem/study-milestone"
+R5_STATUS = "http://hl7.org/fhir/research-study-status"
+
+
+def native(**fields) -> dict:
+    return {"resourceType": "ResearchStudy", "id": "n", "status": "active",
+            "classifier": [{"coding": [{"system": LEVEL, "code": "study"}]}], **fields}
+
+
+def entry(system: str, code: str, start: str, actual: bool = True) -> dict:
+    return {"state": {"coding": [{"system": system, "code": code}]}, "actual": actual, "period": {"start": start}}
+
+
+def a_site(rid: str, *entries: dict) -> dict:
+    return {"resourceType": "ResearchStudy", "id": rid, "status": "active",
+            "classifier": [{"coding": [{"system": LEVEL, "code": "site"}]}],
+            "region": [{"coding": [{"system": "urn:iso:std:iso:3166", "code": "TW"}]}],
+            "progressStatus": list(entries)}
+
+
+def test_import_adds_the_sevco_codes_and_the_export_reads_them():
+    study = convert(record("NCT00973089.json")).resources[0]
+    codings = [c for concept in study["studyDesign"] for c in concept["coding"]]
+    sevco = [c["code"] for c in codings if c["system"] == SEVCO_SYSTEM]
+    # INTERVENTIONAL, RANDOMIZED, PARALLEL; SINGLE masking has no code; whoMasked INVESTIGATOR is
+    # an intervention provider
+    assert sevco == ["SEVCO:01001", "SEVCO:01003", "SEVCO:01011", "SEVCO:01061"]
+    from fhir_ctms.ctgov import to_record
+    only_sevco = native(studyDesign=[{"coding": [c]} for c in codings if c["system"] == SEVCO_SYSTEM])
+    design = to_record(only_sevco, [], {})["protocolSection"]["designModule"]
+    assert design == {"studyType": "INTERVENTIONAL", "designInfo": {
+        "allocation": "RANDOMIZED", "interventionModel": "PARALLEL",
+        "maskingInfo": {"masking": "DOUBLE", "whoMasked": ["CARE_PROVIDER", "INVESTIGATOR"]}}}
+    # more specific SEVCO codes, a blinding code with no registry role, CT.gov's code winning
+    other = native(studyDesign=[
+        {"coding": [{"system": SEVCO_SYSTEM, "code": "SEVCO:01007"}]},  # stratified randomization
+        {"coding": [{"system": SEVCO_SYSTEM, "code": "SEVCO:01025"}]},  # single-arm crossover
+        {"coding": [{"system": SEVCO_SYSTEM, "code": "SEVCO:01063"}]},  # data analysts blinded
+        {"coding": [{"system": "https://clinicaltrials.gov/data-api/about-api/study-data-structure#StudyType",
+                     "code": "OBSERVATIONAL"}]},
+        {"coding": [{"system": SEVCO_SYSTEM, "code": "SEVCO:01001"}]}])
+    design = to_record(other, [], {})["protocolSection"]["designModule"]
+    assert design == {"studyType": "OBSERVATIONAL",
+                      "designInfo": {"allocation": "RANDOMIZED", "interventionModel": "CROSSOVER"}}
+
+
+@pytest.mark.parametrize(("entries", "expected"), [
+    ([], None),
+    ([entry(SITE_MS, "selected", "2026-01-01"), entry(SITE_MS, "activated", "2026-09-01", actual=False)],
+     "NOT_YET_RECRUITING"),
+    ([entry(SITE_MS, "siv-done", "2026-01-01"), entry(SITE_MS, "activated", "2026-02-01")], "RECRUITING"),
+    ([entry(SITE_MS, "activated", "2026-02-01"), entry(SITE_MS, "enrolment-closed", "2026-05-01")],
+     "ACTIVE_NOT_RECRUITING"),
+    ([entry(SITE_MS, "activated", "2026-02-01"), entry(SITE_MS, "enrolment-closed", "2026-05-01"),
+      entry(SITE_MS, "close-out-visit", "2026-06-01"), entry(SITE_MS, "closed", "2026-06-02")], "COMPLETED"),
+    # an R5 status entry dated after the milestone that says otherwise wins, and the other way round
+    ([entry(SITE_MS, "activated", "2026-02-01"), entry(R5_STATUS, "temporarily-closed-to-accrual", "2026-03-01")],
+     "SUSPENDED"),
+    ([entry(R5_STATUS, "temporarily-closed-to-accrual", "2026-03-01"), entry(SITE_MS, "closed", "2026-04-01")],
+     "COMPLETED"),
+], ids=["none", "selected", "activated", "enrolment-closed", "closed", "suspended", "closed-after-suspension"])
+def test_a_ctms_site_status(entries, expected):
+    from fhir_ctms.ctgov import to_record
+    out = to_record(native(), [a_site("s1", *entries)], {})["protocolSection"]
+    location = out["contactsLocationsModule"]["locations"][0]
+    assert location.get("status") == expected
+    assert location["country"] == "Taiwan"  # the registry's name, not ISO's "Taiwan, Province of China"
+
+
+@pytest.mark.parametrize(("study_entries", "site_entries", "why", "expected"), [
+    ([], [], None, None),  # nothing to derive a status from: none
+    ([entry(STUDY_MS, "protocol-approved", "2026-01-01")], [], None, "NOT_YET_RECRUITING"),
+    ([entry(STUDY_MS, "first-site-activated", "2026-02-01")], [], None, "RECRUITING"),
+    ([entry(STUDY_MS, "first-site-activated", "2026-02-01")],
+     [[entry(SITE_MS, "enrolment-closed", "2026-05-01")], [entry(SITE_MS, "closed", "2026-06-01")]], None,
+     "ACTIVE_NOT_RECRUITING"),
+    ([entry(STUDY_MS, "first-site-activated", "2026-02-01")],
+     [[entry(SITE_MS, "closed", "2026-05-01")], [entry(SITE_MS, "closed", "2026-06-01")]], None, "COMPLETED"),
+    ([], [[entry(SITE_MS, "selected", "2026-05-01")], [entry(SITE_MS, "activated", "2026-06-01")]], None,
+     "RECRUITING"),
+    ([entry(STUDY_MS, "last-subject-in", "2026-02-01")], [[entry(SITE_MS, "activated", "2026-01-01")]], None,
+     "ACTIVE_NOT_RECRUITING"),
+    ([entry(STUDY_MS, "last-subject-in", "2026-02-01"), entry(STUDY_MS, "last-subject-last-visit", "2026-08-01")],
+     [], None, "COMPLETED"),
+    ([entry(STUDY_MS, "study-closed", "2026-02-01")], [], "Sponsor decision", "TERMINATED"),
+    ([entry(R5_STATUS, "active", "2026-01-01")], [[entry(SITE_MS, "irb-approved", "2026-01-01")]], None,
+     "NOT_YET_RECRUITING"),
+    ([entry(R5_STATUS, "closed-to-accrual", "2026-04-01")], [[entry(SITE_MS, "activated", "2026-01-01")]], None,
+     "ACTIVE_NOT_RECRUITING"),
+    ([entry(STUDY_MS, "last-subject-last-visit", "2026-08-01", actual=False)], [], None, None),  # planned only
+], ids=["nothing", "approved", "site-activated", "closing", "all-closed", "sites-only", "last-subject-in",
+        "last-visit", "terminated", "active-not-yet", "closed-to-accrual", "planned"])
+def test_a_ctms_overall_status(study_entries, site_entries, why, expected):
+    from fhir_ctms.ctgov import to_record
+    study = native(progressStatus=study_entries, **({"whyStopped": {"text": why}} if why else {}))
+    sites = [a_site(f"s{i}", *e) for i, e in enumerate(site_entries)]
+    status = to_record(study, sites, {}, today=dt.date(2026, 11, 23))["protocolSection"].get("statusModule", {})
+    assert status.get("overallStatus") == expected
+    if expected:
+        assert status["statusVerifiedDate"] == "2026-11"
+
+
+def test_sponsor_class_and_country_names():
+    from fhir_ctms.ctgov import to_record
+    from fhir_ctms.ctgov.countries import alpha2, registry_name
+    assert [registry_name(c) for c in ("DE", "GB", "US", "TW", "KR", "VN", "CZ", "XK", "ZZ")] == [
+        "Germany", "United Kingdom", "United States", "Taiwan", "Korea, Republic of", "Vietnam", "Czechia",
+        "Kosovo", None]
+    assert all(alpha2(registry_name(c)) == c for c in ("DE", "TW", "KR", "VN", "XK", "BO"))
+    role = {"coding": [{"system": "http://hl7.org/fhir/research-study-party-role", "code": "sponsor"}]}
+    org_type = "http://hl7.org/fhir/research-study-party-organization-type"
+    related = {"Organization/u": {"resourceType": "Organization", "id": "u", "name": "Univ",
+                                  "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type",
+                                                        "code": "edu"}]}]}}
+    for party, expected in (
+            ({"role": role, "party": {"reference": "Organization/u"}}, {"name": "Univ", "class": "OTHER"}),
+            ({"role": role, "name": "Gov", "classifier": [{"coding": [{"system": org_type, "code": "government"}]}]},
+             {"name": "Gov", "class": "OTHER_GOV"}),
+            ({"role": role, "name": "Nobody"}, {"name": "Nobody"})):
+        out = to_record(native(associatedParty=[party]), [], related)["protocolSection"]
+        assert out["sponsorCollaboratorsModule"]["leadSponsor"] == expected
+        assert out["identificationModule"]["organization"] == {"fullName": expected["name"],
+                                                               **({"class": expected["class"]} if "class" in expected else {})}
+    # an imported record's organization never stands in for the lead sponsor (NCT00465816 has none)
+    partial = convert(record("NCT00465816.json")).resources[0]
+    out = to_record(partial, [], {})["protocolSection"]
+    assert out["identificationModule"]["organization"] == {"fullName": "GlaxoSmithKline", "class": "INDUSTRY"}
+    assert "sponsorCollaboratorsModule" not in out and "statusModule" not in out
+    # a site whose Location gives the country as a code, and one whose address has a name
+    site = a_site("s", entry(SITE_MS, "activated", "2026-01-01"))
+    site["site"] = [{"reference": "Location/l"}]
+    for country, expected in (("DE", "Germany"), ("Deutschland", "Deutschland"), (None, "Taiwan")):
+        loc = {"resourceType": "Location", "id": "l", "address": {"city": "X", **({"country": country} if country else {})}}
+        out = to_record(native(), [site], {"Location/l": loc})["protocolSection"]
+        assert out["contactsLocationsModule"]["locations"][0]["country"] == expected

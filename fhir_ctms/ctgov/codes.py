@@ -131,3 +131,115 @@ def code_of(concept: dict | None, system: str) -> str | None:
 ORG_TYPE = "http://hl7.org/fhir/research-study-party-organization-type"
 #: AgencyClass -> R5 research-study-party-organization-type (the others keep CT.gov's code only)
 AGENCY_CLASSES = {"INDUSTRY": "industry", "NIH": "nih", "FED": "government", "OTHER_GOV": "government"}
+
+#: R5 research-study-party-organization-type -> AgencyClass, for a study made in the CTMS (the
+#: import's FED and OTHER_GOV both became ``government``: a CTMS government sponsor is taken as
+#: OTHER_GOV, FED being the US federal government; FDA is one of its agencies)
+AGENCY_BY_ORG_TYPE = {"industry": "INDUSTRY", "nih": "NIH", "fda": "FED", "government": "OTHER_GOV",
+                      "academic": "OTHER", "nonprofit": "OTHER"}
+
+THO_ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
+#: Organization.type (terminology.hl7.org organization-type) -> AgencyClass. CT.gov's OTHER is
+#: "universities, hospitals, foundations...": providers, departments, schools, religious and
+#: community groups. Insurers, payers and "clinical research sponsor" (crs) say nothing of the class.
+AGENCY_BY_THO_ORG_TYPE = {"bus": "INDUSTRY", "govt": "OTHER_GOV", "prov": "OTHER", "dept": "OTHER",
+                          "team": "OTHER", "edu": "OTHER", "reli": "OTHER", "cg": "OTHER", "other": "OTHER"}
+
+# -- study design: CT.gov designModule <-> R5 study-design (SEVCO) -----------------------------
+
+STUDY_DESIGN = "http://hl7.org/fhir/study-design"
+#: the codes of http://hl7.org/fhir/ValueSet/study-design (hl7.fhir.r5.core 5.0.0) the mapping uses
+SEVCO = {
+    "SEVCO:01001": "Interventional research",
+    "SEVCO:01002": "Observational research",
+    "SEVCO:01003": "randomized assignment",
+    "SEVCO:01005": "Non-randomized assignment",
+    "SEVCO:01011": "Parallel cohort design",
+    "SEVCO:01012": "Crossover cohort design",
+    "SEVCO:01013": "Case control design",
+    "SEVCO:01016": "Uncontrolled cohort design",
+    "SEVCO:01020": "Family study design",
+    "SEVCO:01027": "Cross sectional data collection",
+    "SEVCO:01038": "Expanded Access study",
+    "SEVCO:01044": "Ecological design",
+    "SEVCO:01060": "Blinding of study participants",
+    "SEVCO:01061": "Blinding of intervention providers",
+    "SEVCO:01062": "Blinding of outcome assessors",
+}
+#: (CT.gov enum, CT.gov code) -> SEVCO code: each CT.gov value with a SEVCO code of the same meaning.
+#: The blinding codes follow profiles/README.md ("Study design"): SEVCO:01061, intervention
+#: providers, are care providers and investigators alike. Not mapped (no SEVCO code in the R5 value
+#: set): allocation NA; interventionModel FACTORIAL and SEQUENTIAL; masking levels (SEVCO codes
+#: who is blinded, not how many: see MASKING_LEVELS); observationalModel COHORT, CASE_ONLY, CASE_CROSSOVER,
+#: DEFINED_POPULATION, NATURAL_HISTORY, OTHER; timePerspective PROSPECTIVE, RETROSPECTIVE, OTHER.
+DESIGN_TO_SEVCO = {
+    ("StudyType", "INTERVENTIONAL"): "SEVCO:01001",
+    ("StudyType", "OBSERVATIONAL"): "SEVCO:01002",
+    ("StudyType", "EXPANDED_ACCESS"): "SEVCO:01038",
+    ("DesignAllocation", "RANDOMIZED"): "SEVCO:01003",
+    ("DesignAllocation", "NON_RANDOMIZED"): "SEVCO:01005",
+    ("InterventionalAssignment", "PARALLEL"): "SEVCO:01011",
+    ("InterventionalAssignment", "CROSSOVER"): "SEVCO:01012",
+    ("InterventionalAssignment", "SINGLE_GROUP"): "SEVCO:01016",
+    ("ObservationalModel", "CASE_CONTROL"): "SEVCO:01013",
+    ("ObservationalModel", "FAMILY_BASED"): "SEVCO:01020",
+    ("ObservationalModel", "ECOLOGIC_OR_COMMUNITY"): "SEVCO:01044",
+    ("DesignTimePerspective", "CROSS_SECTIONAL"): "SEVCO:01027",
+    ("WhoMasked", "PARTICIPANT"): "SEVCO:01060",
+    ("WhoMasked", "CARE_PROVIDER"): "SEVCO:01061",
+    ("WhoMasked", "INVESTIGATOR"): "SEVCO:01061",
+    ("WhoMasked", "OUTCOMES_ASSESSOR"): "SEVCO:01062",
+}
+#: SEVCO code -> (CT.gov enum, code) for the export of a study made in the CTMS: the inverse of
+#: DESIGN_TO_SEVCO (blinding aside) plus the more specific SEVCO codes under a mapped one (simple,
+#: stratified, block, adaptive randomization; quasi-randomized; the two crossover designs)
+SEVCO_TO_DESIGN = {**{v: k for k, v in DESIGN_TO_SEVCO.items() if k[0] != "WhoMasked"}, **{
+    "SEVCO:01006": ("DesignAllocation", "RANDOMIZED"), "SEVCO:01007": ("DesignAllocation", "RANDOMIZED"),
+    "SEVCO:01008": ("DesignAllocation", "RANDOMIZED"), "SEVCO:01009": ("DesignAllocation", "RANDOMIZED"),
+    "SEVCO:01004": ("DesignAllocation", "NON_RANDOMIZED"),
+    "SEVCO:01024": ("InterventionalAssignment", "CROSSOVER"),
+    "SEVCO:01025": ("InterventionalAssignment", "CROSSOVER"),
+}}
+#: a blinding code -> the CT.gov roles it masks (whoMasked, in CT.gov's order); SEVCO:01063, data
+#: analysts, is no CT.gov role
+SEVCO_TO_WHO_MASKED = {"SEVCO:01060": ("PARTICIPANT",), "SEVCO:01061": ("CARE_PROVIDER", "INVESTIGATOR"),
+                       "SEVCO:01062": ("OUTCOMES_ASSESSOR",)}
+WHO_MASKED_ORDER = ("PARTICIPANT", "CARE_PROVIDER", "INVESTIGATOR", "OUTCOMES_ASSESSOR")
+#: how many of the CT.gov roles are masked -> maskingInfo.masking (a CTMS study's blinding codes)
+MASKING_LEVELS = {1: "SINGLE", 2: "DOUBLE", 3: "TRIPLE", 4: "QUADRUPLE"}
+
+# -- overall and location status of a study made in the CTMS ------------------------------------
+
+#: R5 research-study-status -> CT.gov Status, for a study or site made in the CTMS (an imported one
+#: keeps CT.gov's own code). ``active`` ("opened for accrual") is RECRUITING at a site and, for the
+#: study, what its sites say (see from_fhir). The review-board states (in-review, approved) are
+#: before recruitment; disapproved is a study that will not run (WITHDRAWN).
+STATUS_FROM_R5 = {
+    "active": "RECRUITING", "recruiting": "RECRUITING", "not-yet-recruiting": "NOT_YET_RECRUITING",
+    "in-review": "NOT_YET_RECRUITING", "approved": "NOT_YET_RECRUITING",
+    "active-but-not-recruiting": "ACTIVE_NOT_RECRUITING", "closed-to-accrual": "ACTIVE_NOT_RECRUITING",
+    "closed-to-accrual-and-intervention": "ACTIVE_NOT_RECRUITING",
+    "temporarily-closed-to-accrual": "SUSPENDED", "temporarily-closed-to-accrual-and-intervention": "SUSPENDED",
+    "enrolling-by-invitation": "ENROLLING_BY_INVITATION", "completed": "COMPLETED",
+    "administratively-completed": "TERMINATED", "terminated": "TERMINATED", "withdrawn": "WITHDRAWN",
+    "disapproved": "WITHDRAWN",
+}
+#: site-milestone -> (rank, CT.gov location status): the site's status is that of its highest
+#: ranked actual milestone (activated and not closed: RECRUITING; enrolment closed: ACTIVE_NOT_RECRUITING;
+#: closed: COMPLETED; start-up done but not activated: NOT_YET_RECRUITING)
+SITE_MILESTONE_STATUS = {
+    "selected": (1, "NOT_YET_RECRUITING"), "irb-approved": (2, "NOT_YET_RECRUITING"),
+    "contract-executed": (3, "NOT_YET_RECRUITING"), "siv-done": (4, "NOT_YET_RECRUITING"),
+    "activated": (5, "RECRUITING"), "first-subject-in": (6, "RECRUITING"),
+    "enrolment-closed": (7, "ACTIVE_NOT_RECRUITING"), "close-out-visit": (8, "ACTIVE_NOT_RECRUITING"),
+    "closed": (9, "COMPLETED"),
+}
+#: study-milestone -> (rank, CT.gov overall status; None: recruitment runs, or is about to:
+#: what the sites say). Recruitment is over at last-subject-in, the study over at
+#: last-subject-last-visit (CT.gov's completion date), database lock and closure.
+STUDY_MILESTONE_STATUS = {
+    "protocol-approved": (1, None), "first-site-activated": (2, None), "first-subject-in": (3, None),
+    "enrolled-25": (4, None), "enrolled-50": (5, None), "enrolled-75": (6, None),
+    "last-subject-in": (7, "ACTIVE_NOT_RECRUITING"), "last-subject-last-visit": (8, "COMPLETED"),
+    "database-lock": (9, "COMPLETED"), "study-closed": (10, "COMPLETED"),
+}

@@ -1,6 +1,7 @@
 """Country names as ClinicalTrials.gov writes them ("United States", "Korea, Republic of") to ISO
 3166-1 alpha-2 codes, through pycountry (names, official and common names), with the few registry
-names pycountry does not know."""
+names pycountry does not know; and back (:func:`registry_name`), for the export of a study made in
+the CTMS, whose sites carry the code only."""
 
 from __future__ import annotations
 
@@ -19,6 +20,33 @@ _ALIASES = {
     "holy see (vatican city state)": "VA",
     "kosovo": "XK",
 }
+
+
+#: where the registry's name is not ISO 3166's short name (pycountry's ``name``): the registry
+#: writes the common name of these (its location records, e.g. the "Taiwan" sites of
+#: shared/data/clinicaltrials-gov), and Kosovo has no ISO code but a user-assigned one
+_REGISTRY_NAMES = {
+    "TW": "Taiwan",
+    "VN": "Vietnam",
+    "BO": "Bolivia",
+    "VE": "Venezuela",
+    "TZ": "Tanzania",
+    "XK": "Kosovo",
+}
+
+
+@lru_cache(maxsize=512)
+def registry_name(code: str) -> str | None:
+    """The name ClinicalTrials.gov gives the country of an ISO 3166-1 alpha-2 (or alpha-3) code,
+    or None when the code names no country."""
+    key = code.strip().upper()
+    if key in _REGISTRY_NAMES:
+        return _REGISTRY_NAMES[key]
+    country = (pycountry.countries.get(alpha_2=key) if len(key) == 2
+               else pycountry.countries.get(alpha_3=key) if len(key) == 3 else None)
+    if country is None:
+        return None
+    return _REGISTRY_NAMES.get(country.alpha_2, country.name)
 
 
 @lru_cache(maxsize=512)

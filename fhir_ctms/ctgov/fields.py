@@ -29,7 +29,7 @@ MAPPED: frozenset[str] = frozenset(P + f for f in (
     "identificationModule.briefTitle",
     "identificationModule.officialTitle",
     "identificationModule.acronym",
-    # statusModule -> progressStatus, whyStopped
+    # statusModule -> progressStatus, whyStopped (a CTMS study's overall status: from_fhir)
     "statusModule.overallStatus",
     "statusModule.statusVerifiedDate",
     "statusModule.whyStopped",
@@ -62,7 +62,9 @@ MAPPED: frozenset[str] = frozenset(P + f for f in (
     # conditionsModule -> condition, keyword
     "conditionsModule.conditions[]",
     "conditionsModule.keywords[]",
-    # designModule -> studyDesign, phase, primaryPurposeType, recruitment
+    # designModule -> studyDesign (CT.gov's codes, each with its R5 study-design (SEVCO) code where
+    # there is one: codes.DESIGN_TO_SEVCO; a study made in the CTMS exports from the SEVCO codes),
+    # phase, primaryPurposeType, recruitment
     "designModule.studyType",
     "designModule.phases[]",
     "designModule.designInfo.allocation",
@@ -100,7 +102,9 @@ MAPPED: frozenset[str] = frozenset(P + f for f in (
     "eligibilityModule.stdAges[]",
     "eligibilityModule.studyPopulation",
     "eligibilityModule.samplingMethod",
-    # contactsLocationsModule -> associatedParty (officials); sites, Organizations, Locations
+    # contactsLocationsModule -> associatedParty (officials); sites (partOf their country and the
+    # study), Organizations, Locations. A CTMS site's status comes from its milestones and its
+    # country name from its ISO 3166 code (from_fhir)
     "contactsLocationsModule.overallOfficials[].name",
     "contactsLocationsModule.overallOfficials[].affiliation",
     "contactsLocationsModule.overallOfficials[].role",

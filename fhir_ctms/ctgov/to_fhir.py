@@ -8,34 +8,41 @@ What becomes what (the field lists are in :mod:`fields`; codes in :mod:`codes`):
   ``identifier-type#sponsor-protocol``, assigner the organization), secondary ids (type their
   CT.gov type; a CTIS number gets the EU CT system). Titles: ``title`` = briefTitle, ``label``
   official (officialTitle) and acronym. Parties (``associatedParty``): the organization
-  (``sponsor``), leadSponsor (``lead-sponsor``), collaborators (``collaborator``), the responsible
-  party (role coded with CT.gov's ResponsiblePartyType), overall officials (``primary-investigator``,
-  ``study-chair``, ``study-director``, ``sub-investigator``); people's affiliation and title in a
-  contained PractitionerRole. Agency class: ``associatedParty.classifier``.
+  (``sponsor``, its role also coded ``identificationModule#organization``, so that the export
+  tells it from a CTMS study's sponsor, which stands for the lead sponsor too), leadSponsor
+  (``lead-sponsor``), collaborators (``collaborator``), the responsible party (role coded with
+  CT.gov's ResponsiblePartyType), overall officials (``primary-investigator``, ``study-chair``,
+  ``study-director``, ``sub-investigator``); people's affiliation and title in a contained
+  PractitionerRole. Agency class: ``associatedParty.classifier``.
 - status: ``progressStatus`` entries: start (``first-subject-in``), primary completion, completion
   (``last-subject-last-visit``), each with CT.gov's date name, ``period.start`` the date and
   ``actual`` = (type == ACTUAL), omitted when CT.gov gives no type; the overall status as an entry
   with the R5 ``research-study-status`` code (and CT.gov's) reached (``actual``) on the
   statusVerifiedDate. ``ResearchStudy.status`` is the publication status: ``active``.
-- design: ``phase`` (research-study-phase; PHASE1+PHASE2 is ``phase-1-phase-2``), ``primaryPurposeType``,
-  ``studyDesign`` (study type, allocation, models, masking: CT.gov codes; a description is the
-  concept's text), oversight flags as ``classifier`` codes ``field=true|false``; enrolment:
-  ``recruitment.targetNumber`` (ESTIMATED) or ``actualNumber`` (ACTUAL).
+- design: ``phase`` (research-study-phase; PHASE1+PHASE2 is ``phase-1-phase-2``),
+  ``primaryPurposeType``, ``studyDesign`` (study type, allocation, models, masking: CT.gov codes,
+  each with the R5 ``study-design`` (SEVCO) code of the same meaning where there is one,
+  ``codes.DESIGN_TO_SEVCO``; a description is the concept's text), oversight flags as
+  ``classifier`` codes ``field=true|false``; enrolment: ``recruitment.targetNumber`` (ESTIMATED)
+  or ``actualNumber`` (ACTUAL).
 - arms: ``comparisonGroup`` (linkId ``arm-N``); interventions: ``focus``, each a contained
   EvidenceVariable (description; other names as notes) that arms point at through
   ``intendedExposure``; outcomes: ``outcomeMeasure`` with a contained EvidenceVariable holding the
   time frame; eligibility: a contained Group (definitional: criteria text as description, sex,
   ages, healthy volunteers... as characteristics); references and links: ``relatedArtifact``.
-- each location: a site ``ResearchStudy/nct...-site-NNN`` (classifier ``site``, partOf the study,
-  region the ISO 3166 country) pointing at ``Organization/nct...-site-NNN`` (the facility) and
-  ``Location/nct...-site-NNN`` (address, geoPoint). The location's recruitment status, when given,
-  becomes a ``progressStatus`` entry with the R5 research-study-status code (``recruiting``...) as
-  of the statusVerifiedDate, NOT the site's ``activated`` milestone: the registry says that a site
-  recruits, not since when, and an invented activation date would distort enrolment rates.
+- each location: a site ``ResearchStudy/nct...-site-NNN`` (classifier ``site``, partOf its
+  country and the study, region the ISO 3166 country) pointing at
+  ``Organization/nct...-site-NNN`` (the facility) and ``Location/nct...-site-NNN`` (address,
+  geoPoint). The location's recruitment status, when given, becomes a ``progressStatus`` entry
+  with the R5 research-study-status code (``recruiting``...) as of the statusVerifiedDate, NOT the
+  site's ``activated`` milestone: the registry says that a site recruits, not since when, and an
+  invented activation date would distort enrolment rates.
 - each country: ``ResearchStudy/nct...-<iso alpha-2>`` (classifier ``country``, partOf the study,
-  ``site`` listing its sites). Sites stay partOf the study itself, so
-  ``ResearchStudy?part-of=ResearchStudy/nct...&classifier=...|site`` lists them all and
-  ``site-country`` narrows them (SearchParameter-ResearchStudy-site-country).
+  ``site`` listing its sites). A site is ``partOf`` both its country and the study (the CTMS
+  model, profiles/README.md: R5 partOf is 0..*; the country first), so
+  ``ResearchStudy?part-of=ResearchStudy/nct...&classifier=...|site`` lists them all,
+  ``site-country`` narrows them (SearchParameter-ResearchStudy-site-country), and ``$enrollment``
+  rolls a site up into its country. A location without a country is partOf the study only.
 
 Profiles: the study claims ``ctms-study`` only when it has what the profile requires (a phase, a
 target number, a sponsor...); otherwise it is imported without the claim and the report says what
@@ -189,6 +196,8 @@ def ctms_study_gaps(study: dict[str, Any]) -> list[str]:
         gaps.append("no title (briefTitle)")
     if not study.get("phase"):
         gaps.append("no phase")
+    if not study.get("studyDesign"):
+        gaps.append("no study design (designModule.studyType, designInfo)")
     recruitment = study.get("recruitment") or {}
     if recruitment.get("targetNumber") is None:
         gaps.append("no recruitment.targetNumber" + (" (the registry gives the ACTUAL enrolment, not the target)"
@@ -234,7 +243,9 @@ def _parties(ident, sponsors, contacts, contained) -> list[dict[str, Any]]:
     out = []
     org = _obj(ident, "organization", "identificationModule.")
     if org.get("fullName") or org.get("class"):
-        out.append(_org_party("sponsor", org.get("fullName"), org.get("class")))
+        party = _org_party("sponsor", org.get("fullName"), org.get("class"))
+        party["role"]["coding"].append(C.coding(C.ctgov("identificationModule"), "organization"))
+        out.append(party)
     lead = _obj(sponsors, "leadSponsor", "sponsorCollaboratorsModule.")
     if lead:
         out.append(_org_party("lead-sponsor", lead.get("name"), lead.get("class")))
@@ -327,24 +338,33 @@ def _progress(status: dict[str, Any]) -> list[dict[str, Any]]:
 def _design(design: dict[str, Any], info: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     if _str(design, "studyType"):
-        out.append(_cc(C.ctgov("StudyType"), design["studyType"]))
+        out.append(_design_concept("StudyType", design["studyType"]))
     for key, enum, text in (("allocation", "DesignAllocation", None),
                             ("interventionModel", "InterventionalAssignment", "interventionModelDescription"),
                             ("observationalModel", "ObservationalModel", None),
                             ("timePerspective", "DesignTimePerspective", None)):
         if _str(info, key):
-            concept = _cc(C.ctgov(enum), info[key])
+            concept = _design_concept(enum, info[key])
             if text and _str(info, text):
                 concept["text"] = info[text]
             out.append(concept)
     masking = _obj(info, "maskingInfo", "designModule.designInfo.")
     if _str(masking, "masking"):
-        concept = _cc(C.ctgov("DesignMasking"), masking["masking"])
+        concept = _design_concept("DesignMasking", masking["masking"])
         if _str(masking, "maskingDescription"):
             concept["text"] = masking["maskingDescription"]
         out.append(concept)
-    out += [_cc(C.ctgov("WhoMasked"), w) for w in _strs(masking, "whoMasked")]
+    out += [_design_concept("WhoMasked", w) for w in _strs(masking, "whoMasked")]
     return out
+
+
+def _design_concept(enum: str, code: str) -> dict[str, Any]:
+    """CT.gov's code and, where R5's study-design value set has one, the SEVCO code."""
+    codings = [C.coding(C.ctgov(enum), code)]
+    sevco = C.DESIGN_TO_SEVCO.get((enum, code))
+    if sevco:
+        codings.append(C.coding(C.STUDY_DESIGN, sevco, C.SEVCO[sevco]))
+    return {"coding": codings}
 
 
 def intervention_label(kind: str | None, name: str | None) -> str:
@@ -504,6 +524,9 @@ def _sites(sid: str, contacts: dict[str, Any], status: dict[str, Any], out: Conv
         site: dict[str, Any] = {"resourceType": "ResearchStudy", "id": rid, "status": "active",
                                 "classifier": [{"coding": [C.coding(C.STUDY_LEVEL, "site")]}],
                                 "partOf": [{"reference": f"ResearchStudy/{sid}"}]}
+        cid = f"{sid}-{code.lower() if code else _slug(country or '')}" if region else None
+        if cid:  # the country first, then the study (profiles/README.md; consumers go by classifier)
+            site["partOf"].insert(0, {"reference": f"ResearchStudy/{cid}"})
         _set(site, "title", facility)
         refs = []
         if facility:
@@ -539,9 +562,7 @@ def _sites(sid: str, contacts: dict[str, Any], status: dict[str, Any], out: Conv
         if org:
             sites.append(org)
         sites.append(location)
-        if region:
-            key = code.lower() if code else _slug(country or "")
-            cid = f"{sid}-{key}"
+        if cid:
             if cid not in countries:
                 countries[cid] = {"resourceType": "ResearchStudy", "id": cid, "status": "active",
                                   "classifier": [{"coding": [C.coding(C.STUDY_LEVEL, "country")]}],

@@ -4,9 +4,12 @@ ClinicalTrials.gov API v2 record, ``{"protocolSection": {...modules...}}``, for 
 CTMS holds (``fhir_ctms.ctgov.fields.MAPPED``).
 
 Read from the stored study, its country- and site-level ResearchStudies (``partOf`` the study,
-or a site ``partOf`` one of its countries) and the Organizations and Locations the sites point at.
-Locations are in site id order (an imported study's sites are ``<study>-site-001``...: the
-registry's order). The answer is not a FHIR resource: the record itself, ``application/json``.
+or a site ``partOf`` one of its countries: a site partOf both is read once), the Organizations
+and Locations the sites point at and the Organizations of the study's parties (the sponsor's
+type gives its class). Locations are in site id order (an imported study's sites are
+``<study>-site-001``...: the registry's order). A status derived from the CTMS's milestones is
+verified on the day of the export. The answer is not a FHIR resource: the record itself,
+``application/json``.
 """
 
 from __future__ import annotations
@@ -39,21 +42,24 @@ async def registry_export(req: FhirRequest, ctx: Context, params: list[tuple[str
         if study.get("partOf") or level in ("site", "country"):
             raise Unprocessable(f"ResearchStudy/{req.id} is a {level or 'part'} of another study: "
                                 "$registry-export exports a study (classifier study, no partOf)")
-        children = await _parts(s, req.id or "")
-        countries = [c for c in children if _level(c) == "country"]
+        children = {c["id"]: c for c in await _parts(s, req.id or "")}
+        countries = [c for c in children.values() if _level(c) == "country"]
         for country in countries:
-            children += await _parts(s, country["id"])
-        sites = sorted((c for c in children if _level(c) == "site" or (_level(c) is None and c.get("site"))),
+            for c in await _parts(s, country["id"]):
+                children.setdefault(c["id"], c)
+        sites = sorted((c for c in children.values()
+                        if _level(c) == "site" or (_level(c) is None and c.get("site"))),
                        key=lambda c: c["id"])
+        refs = [ref for site in sites for ref in site.get("site") or []]
+        refs += [p["party"] for p in study.get("associatedParty") or [] if isinstance(p.get("party"), dict)]
         related: dict[str, dict[str, Any]] = {}
-        for site in sites:
-            for ref in site.get("site") or []:
-                target = ref.get("reference") or ""
-                rtype, _, rid = target.partition("/")
-                if rtype in ("Organization", "Location") and rid and target not in related:
-                    found = await s.current(rtype, rid)
-                    if found is not None and not found.deleted and found.content is not None:
-                        related[target] = orjson.loads(found.content)
+        for ref in refs:
+            target = ref.get("reference") or ""
+            rtype, _, rid = target.partition("/")
+            if rtype in ("Organization", "Location") and rid and target not in related:
+                found = await s.current(rtype, rid)
+                if found is not None and not found.deleted and found.content is not None:
+                    related[target] = orjson.loads(found.content)
     return FhirResponse(200, body=to_record(study, sites, related), headers={"Content-Type": "application/json"})
 
 

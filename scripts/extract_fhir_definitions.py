@@ -11,8 +11,9 @@ script turns that ~86 MB package into one small, deterministic JSON file,
 
 What it does:
 
-1. Runs ``npm pack hl7.fhir.r5.core@5.0.0`` in a temporary directory (this only
-   downloads the tarball; nothing is installed), or uses ``--package-tgz PATH``.
+1. Runs ``npm pack hl7.fhir.r5.core@5.0.0`` and ``npm pack hl7.terminology.r5@7.0.1`` in a
+   temporary directory (this only downloads the tarballs; nothing is installed), or uses
+   ``--package-tgz PATH`` and ``--tho-package-tgz PATH``.
 2. Reads every non-abstract resource and complex datatype StructureDefinition
    (snapshot view) and records, per type, the elements needed to walk an
    instance: each element's JSON (wire) name and type, with choice elements
@@ -31,11 +32,23 @@ What it does:
    entry per line so diffs stay readable) and prints a summary.
 5. Writes ``fhir_ctms/definitions/core-terminology.json`` (beside the output): the
    enumerable core value sets (those of the required bindings, plus
-   ``research-study-status``, which the CTMS milestone value sets include) with
+   ``research-study-status``, which the CTMS milestone value sets include, and
+   ``research-subject-milestone``, which ``ctms-subject`` binds) with
    their codes by system and the displays of those codes, for
    ``fhir_ctms.terminology`` (``$expand``, ``$validate-code``, the profile
    validator's required bindings).
-6. Copies the official OperationDefinitions ``ValueSet-expand`` and
+6. Takes a few code systems that R5 binds but that live in HL7 Terminology (THO), not in the
+   core package, from the THO package ``hl7.terminology.r5`` (``THO_CODE_SYSTEMS``:
+   ``research-subject-state``, the REQUIRED binding of ``ResearchSubject.progress.subjectState``,
+   and ``research-subject-milestone``, which the CTMS profile ``ctms-subject`` binds
+   ``progress.milestone`` to). The core package declares no dependency on THO (its narrative
+   links THO 5.1.0, which is not in the npm registry); ``THO_PACKAGE_VERSION`` pins the version
+   used, and the script checks that each code system taken is ``complete`` and has exactly the
+   codes the R5 specification lists for it (``THO_EXPECTED_CODES``), so a later THO release that
+   changed them would stop the script rather than silently change the server. Only the listed
+   code systems are taken: other THO systems of required bindings (``condition-clinical`` ...)
+   stay not enumerable.
+7. Copies the official OperationDefinitions ``ValueSet-expand`` and
    ``ValueSet-validate-code`` unchanged into ``profiles/``: the operation
    registry declares ``$expand`` and ``$validate-code`` from them.
 
@@ -44,6 +57,8 @@ Output layout::
     {
      "format": 1,
      "source": {"package": "hl7.fhir.r5.core", "version": "5.0.0"},
+ "codeSystemsFrom": {"package": "hl7.terminology.r5", "version": "7.0.1",
+                     "codeSystems": ["http://terminology.hl7.org/CodeSystem/...", ...]},
      "types": {
       "<TypeName or Backbone.path>": {
         "kind": "resource|datatype|backbone",
@@ -83,7 +98,22 @@ DEFAULT_OUTPUT = REPO_ROOT / "fhir_ctms" / "definitions" / "required-bindings.js
 #: the core value sets the server holds (``fhir_ctms.terminology``): codes with their displays
 CORE_TERMINOLOGY_OUTPUT = REPO_ROOT / "fhir_ctms" / "definitions" / "core-terminology.json"
 #: core value sets held besides those of the required bindings (the CTMS value sets include them)
-EXTRA_CORE_VALUE_SETS = ("http://hl7.org/fhir/ValueSet/research-study-status",)
+EXTRA_CORE_VALUE_SETS = ("http://hl7.org/fhir/ValueSet/research-study-status",
+                         "http://hl7.org/fhir/ValueSet/research-subject-milestone")
+#: HL7 Terminology (THO): the package and the code systems taken from it (step 6 above)
+THO_PACKAGE_NAME = "hl7.terminology.r5"
+THO_PACKAGE_VERSION = "7.0.1"
+#: code system URL -> its codes as the R5 specification lists them (researchsubject.html,
+#: valueset-research-subject-state.html, valueset-research-subject-milestone.html)
+THO_EXPECTED_CODES = {
+    "http://terminology.hl7.org/CodeSystem/research-subject-state": (
+        "candidate", "eligible", "follow-up", "ineligible", "not-registered", "off-study",
+        "on-study", "on-study-intervention", "on-study-observation", "pending-on-study",
+        "potential-candidate", "screening", "withdrawn"),
+    "http://terminology.hl7.org/CodeSystem/research-subject-milestone": (
+        "SignedUp", "Screened", "Randomized"),
+}
+THO_CODE_SYSTEMS = tuple(THO_EXPECTED_CODES)
 #: the official OperationDefinitions of the terminology operations the server implements,
 #: copied unchanged into ``profiles/`` (the operation registry declares them from there)
 OPERATION_DEFINITIONS = ("OperationDefinition-ValueSet-expand.json",
@@ -100,9 +130,10 @@ WANTED_RESOURCE_TYPES = ("StructureDefinition", "ValueSet", "CodeSystem")
 # --------------------------------------------------------------------------- package I/O
 
 
-def download_package(workdir: Path) -> Path:
-    """``npm pack`` the core package into *workdir* and return the tarball path."""
-    spec = f"{PACKAGE_NAME}@{PACKAGE_VERSION}"
+def download_package(workdir: Path, name: str = PACKAGE_NAME,
+                     version: str = PACKAGE_VERSION) -> Path:
+    """``npm pack`` a package into *workdir* and return the tarball path."""
+    spec = f"{name}@{version}"
     print(f"npm pack {spec} ...", file=sys.stderr)
     subprocess.run(
         ["npm", "pack", spec, "--silent"],
@@ -110,7 +141,7 @@ def download_package(workdir: Path) -> Path:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    tarballs = sorted(workdir.glob("*.tgz"))
+    tarballs = sorted(workdir.glob(f"{name}-{version}.tgz"))
     if not tarballs:
         raise SystemExit(f"npm pack {spec} produced no tarball")
     return tarballs[0]
@@ -156,6 +187,38 @@ def read_package(tgz: Path) -> dict[str, list[dict]]:
             if rt in found:
                 found[rt].append(doc)
     return found
+
+
+def read_tho_code_systems(tgz: Path) -> list[dict]:
+    """The code systems ``THO_CODE_SYSTEMS`` of the THO package, each checked to be ``complete``
+    with exactly the codes the R5 specification lists (``THO_EXPECTED_CODES``)."""
+    wanted = set(THO_CODE_SYSTEMS)
+    found: dict[str, dict] = {}
+    with tarfile.open(tgz, "r:gz") as tar:
+        for member in tar.getmembers():
+            name = member.name
+            if not (member.isfile() and name.count("/") == 1
+                    and name.startswith("package/CodeSystem-") and name.endswith(".json")):
+                continue
+            doc = json.load(tar.extractfile(member))
+            if doc.get("resourceType") == "CodeSystem" and doc.get("url") in wanted:
+                found[doc["url"]] = doc
+    for url in THO_CODE_SYSTEMS:
+        cs = found.get(url)
+        if cs is None:
+            raise SystemExit(f"{tgz.name}: code system {url} not found")
+        if cs.get("content") != "complete":
+            raise SystemExit(f"{tgz.name}: code system {url} is not complete")
+        codes = sorted(c["code"] for c, _ in Terminology._walk_concepts(cs) if "code" in c)
+        if codes != sorted(THO_EXPECTED_CODES[url]):
+            raise SystemExit(f"{tgz.name}: code system {url} has codes {codes}, not the "
+                             f"R5 specification's {sorted(THO_EXPECTED_CODES[url])}")
+    return [found[u] for u in THO_CODE_SYSTEMS]
+
+
+def tho_source(tho_systems: list[dict]) -> dict:
+    return {"package": THO_PACKAGE_NAME, "version": THO_PACKAGE_VERSION,
+            "codeSystems": [f"{cs['url']}|{cs.get('version')}" for cs in tho_systems]}
 
 
 # --------------------------------------------------------------------------- value sets
@@ -374,7 +437,7 @@ def extract_types(structure_definitions: list[dict]) -> tuple[dict, list[tuple[s
 # --------------------------------------------------------------------------- output
 
 
-def render(types: dict, value_sets: dict) -> str:
+def render(types: dict, value_sets: dict, tho: dict) -> str:
     """Deterministic JSON: sorted keys, one type / value set per line."""
 
     def dump(obj) -> str:
@@ -387,6 +450,7 @@ def render(types: dict, value_sets: dict) -> str:
         "{\n"
         f'"format":{FORMAT_VERSION},\n'
         f'"source":{dump({"package": PACKAGE_NAME, "version": PACKAGE_VERSION})},\n'
+        f'"codeSystemsFrom":{dump(tho)},\n'
         '"types":{\n' + block(types) + "\n},\n"
         '"valueSets":{\n' + block(value_sets) + "\n}\n"
         "}\n"
@@ -431,7 +495,7 @@ def core_terminology(terminology: Terminology, urls: list[str]) -> dict:
     return {"valueSets": value_sets, "codeSystems": systems}
 
 
-def render_core_terminology(core: dict) -> str:
+def render_core_terminology(core: dict, tho: dict) -> str:
     def dump(obj) -> str:
         return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -442,6 +506,7 @@ def render_core_terminology(core: dict) -> str:
         "{\n"
         f'"format":{FORMAT_VERSION},\n'
         f'"source":{dump({"package": PACKAGE_NAME, "version": PACKAGE_VERSION})},\n'
+        f'"codeSystemsFrom":{dump(tho)},\n'
         '"valueSets":{\n' + block(core["valueSets"]) + "\n},\n"
         '"codeSystems":{\n' + block(core["codeSystems"]) + "\n}\n"
         "}\n"
@@ -455,10 +520,16 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def build(tgz: Path, output: Path) -> None:
+def build(tgz: Path, tho_tgz: Path, output: Path) -> None:
     docs = read_package(tgz)
     types, bindings = extract_types(docs["StructureDefinition"])
-    terminology = Terminology(docs["ValueSet"], docs["CodeSystem"])
+    tho_systems = read_tho_code_systems(tho_tgz)
+    core_urls = {cs.get("url") for cs in docs["CodeSystem"]}
+    clash = [cs["url"] for cs in tho_systems if cs["url"] in core_urls]
+    if clash:
+        raise SystemExit(f"THO code systems also in the core package: {clash}")
+    terminology = Terminology(docs["ValueSet"], docs["CodeSystem"] + tho_systems)
+    tho = tho_source(tho_systems)
 
     value_sets: dict[str, dict] = {}
     for vs_url in sorted({b[2] for b in bindings}):
@@ -470,14 +541,14 @@ def build(tgz: Path, output: Path) -> None:
             value_sets[vs_url] = {"systems": {s: sorted(c) for s, c in sorted(expansion.items())}}
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    text = render(types, value_sets)
+    text = render(types, value_sets, tho)
     json.loads(text)  # sanity check
     _write(output, text.encode("utf-8"))
 
     # the core value sets the server holds, with displays (fhir_ctms.terminology)
     core = core_terminology(terminology, sorted({b[2] for b in bindings}) + list(EXTRA_CORE_VALUE_SETS))
     core_output = output.parent / CORE_TERMINOLOGY_OUTPUT.name
-    _write(core_output, render_core_terminology(core).encode("utf-8"))
+    _write(core_output, render_core_terminology(core, tho).encode("utf-8"))
     # the official OperationDefinitions of $expand and $validate-code, unchanged
     for name, data in read_members(tgz, OPERATION_DEFINITIONS).items():
         json.loads(data)  # sanity check
@@ -493,7 +564,9 @@ def build(tgz: Path, output: Path) -> None:
     kinds = defaultdict(int)
     for t in types.values():
         kinds[t["kind"]] += 1
-    print(f"source: {PACKAGE_NAME}@{PACKAGE_VERSION} ({tgz.name})")
+    print(f"source: {PACKAGE_NAME}@{PACKAGE_VERSION} ({tgz.name}); from "
+          f"{THO_PACKAGE_NAME}@{THO_PACKAGE_VERSION} ({tho_tgz.name}): "
+          f"{', '.join(tho['codeSystems'])}")
     print(
         f"types: {kinds['resource']} resources, {kinds['datatype']} complex datatypes, "
         f"{kinds['backbone']} backbone elements"
@@ -525,13 +598,19 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help=f"use an already-downloaded {PACKAGE_NAME}-{PACKAGE_VERSION}.tgz instead of npm pack",
     )
+    parser.add_argument(
+        "--tho-package-tgz",
+        type=Path,
+        help=f"use an already-downloaded {THO_PACKAGE_NAME}-{THO_PACKAGE_VERSION}.tgz "
+             f"instead of npm pack",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="output JSON file")
     args = parser.parse_args(argv)
-    if args.package_tgz is not None:
-        build(args.package_tgz, args.output)
-    else:
-        with tempfile.TemporaryDirectory(prefix="fhir-core-") as tmp:
-            build(download_package(Path(tmp)), args.output)
+    with tempfile.TemporaryDirectory(prefix="fhir-core-") as tmp:
+        core = args.package_tgz or download_package(Path(tmp))
+        tho = args.tho_package_tgz or download_package(Path(tmp), THO_PACKAGE_NAME,
+                                                       THO_PACKAGE_VERSION)
+        build(core, tho, args.output)
     return 0
 
 

@@ -523,3 +523,88 @@ def test_definitions_file_shape():
     }
     assert "notEnumerable" in value_sets["http://hl7.org/fhir/ValueSet/all-languages|5.0.0"]
     assert DEFINITIONS.stat().st_size < 3_000_000
+
+
+# --------------------------------------------------------------------------- THO code systems
+
+SUBJECT_STATE = "http://terminology.hl7.org/CodeSystem/research-subject-state"
+SUBJECT_MILESTONE = "http://terminology.hl7.org/CodeSystem/research-subject-milestone"
+#: R5 researchsubject.html / valueset-research-subject-state.html
+SUBJECT_STATES = ("candidate", "eligible", "follow-up", "ineligible", "not-registered", "off-study",
+                  "on-study", "on-study-intervention", "on-study-observation", "pending-on-study",
+                  "potential-candidate", "screening", "withdrawn")
+
+
+def research_subject(*states: dict) -> dict:
+    return {"resourceType": "ResearchSubject", "id": "rs", "status": "active",
+            "study": {"reference": "ResearchStudy/s"}, "subject": {"reference": "Patient/p"},
+            "progress": [{"subjectState": s, "startDate": "2026-01-01"} for s in states]}
+
+
+def test_the_definitions_say_where_the_tho_code_systems_come_from():
+    raw = json.loads(DEFINITIONS.read_text(encoding="utf-8"))
+    source = raw["codeSystemsFrom"]
+    assert source["package"] == "hl7.terminology.r5"
+    assert {u.split("|")[0] for u in source["codeSystems"]} == {SUBJECT_STATE, SUBJECT_MILESTONE}
+    vs = raw["valueSets"]["http://hl7.org/fhir/ValueSet/research-subject-state|5.0.0"]
+    assert vs == {"systems": {SUBJECT_STATE: sorted(SUBJECT_STATES)}}
+
+
+def test_research_subject_state_is_a_required_binding_now_checked():
+    assert check_required_bindings(research_subject(*(
+        {"coding": [{"system": SUBJECT_STATE, "code": c}]} for c in SUBJECT_STATES))) == []
+    bogus = research_subject({"coding": [{"system": SUBJECT_STATE, "code": "on-study"}]},
+                             {"coding": [{"system": SUBJECT_STATE, "code": "bogus"}]})
+    assert expressions(bogus) == ["ResearchSubject.progress[1].subjectState.coding[0].code"]
+    # the old (wrong) system of the R4 drafts, alone: not from the value set
+    other = research_subject({"coding": [{"system": "http://hl7.org/fhir/research-subject-state",
+                                          "code": "on-study"}]})
+    assert expressions(other) == ["ResearchSubject.progress[0].subjectState"]
+    assert check_required_bindings(research_subject({"text": "on study"})) == []
+
+
+async def test_a_bogus_subject_state_is_a_422_and_nothing_is_stored(client):
+    bad = research_subject({"coding": [{"system": SUBJECT_STATE, "code": "bogus"}]})
+    r = await client.put("/ResearchSubject/rs", json=bad)
+    assert r.status_code == 422, r.text
+    issue = r.json()["issue"][0]
+    assert issue["expression"] == ["ResearchSubject.progress[0].subjectState.coding[0].code"]
+    assert "research-subject-state" in issue["diagnostics"]
+    assert (await client.get("/ResearchSubject/rs")).status_code == 404
+    good = research_subject({"coding": [{"system": SUBJECT_STATE, "code": "on-study"}]})
+    assert (await client.put("/ResearchSubject/rs", json=good)).status_code == 201
+
+
+async def test_the_server_holds_the_research_subject_milestone_value_set(client):
+    r = await client.get("/ValueSet/$expand",
+                         params={"url": "http://hl7.org/fhir/ValueSet/research-subject-milestone"})
+    assert r.status_code == 200, r.text
+    contains = r.json()["expansion"]["contains"]
+    assert [(c["system"], c["code"]) for c in contains] == [
+        (SUBJECT_MILESTONE, c) for c in ("SignedUp", "Screened", "Randomized")]
+    assert all(c.get("display") for c in contains)
+    r = await client.get("/ValueSet/$validate-code", params={
+        "url": "http://hl7.org/fhir/ValueSet/research-subject-milestone",
+        "system": SUBJECT_MILESTONE, "code": "Enrolled"})
+    assert r.status_code == 200
+    assert next(p for p in r.json()["parameter"] if p["name"] == "result")["valueBoolean"] is False
+
+
+def test_a_rejection_lists_its_errors_first():
+    """A 422 names an error in its summary and lists the errors before the warnings (a warning,
+    an extensible binding, came first in the profile's order)."""
+    from fhir_ctms.errors import Unprocessable
+    from fhir_ctms.resources.validate import validate_resource
+
+    r = research_subject({"coding": [{"system": SUBJECT_STATE, "code": "screening"}]},
+                         {"coding": [{"system": SUBJECT_STATE, "code": "on-study"}]})
+    r["meta"] = {"profile": ["http://fhir-ctms.org/fhir/StructureDefinition/ctms-subject"]}
+    r["identifier"] = [{"system": "urn:x", "value": "1"}]
+    r["progress"][0]["reason"] = {"coding": [{"system": "http://example.org/other", "code": "x"}]}
+    del r["progress"][1]["startDate"]
+    with pytest.raises(Unprocessable) as caught:
+        validate_resource(r)
+    issues = caught.value.issues
+    assert [i.severity for i in issues] == ["error", "warning"]
+    assert issues[0].expression == ("ResearchSubject.progress[1].startDate",)
+    assert str(caught.value) == issues[0].diagnostics

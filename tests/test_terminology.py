@@ -125,8 +125,10 @@ def test_codes_of_the_core_value_sets_and_displays():
     assert terminology.codes("http://hl7.org/fhir/ValueSet/publication-status") == status
     assert terminology.codes("http://hl7.org/fhir/ValueSet/publication-status|4.0.1") is None
     assert len(terminology.codes("http://hl7.org/fhir/ValueSet/research-study-status") or ()) == RSS_CODES
-    # a required binding on an external code system the core package does not carry: not held
-    assert terminology.codes("http://hl7.org/fhir/ValueSet/research-subject-state") is None
+    # research-subject-state's codes come from terminology.hl7.org (hl7.terminology.r5): held
+    assert len(terminology.codes("http://hl7.org/fhir/ValueSet/research-subject-state") or ()) == 13
+    # a required binding on an external code system the server does not carry: not held
+    assert terminology.codes("http://hl7.org/fhir/ValueSet/condition-clinical") is None
     assert terminology.display(RSS, "closed-to-accrual") == "Closed to Accrual"
     assert terminology.display(ROLE_CS, "monitor") == "Monitor"
     assert terminology.display(ROLE_CS, "nope") is None

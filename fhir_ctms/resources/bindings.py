@@ -4,8 +4,9 @@
 ``ResearchStudy.status = "bogus"`` passes it.  This module walks a resource
 (as a plain JSON ``dict``) using the element tree and the enumerated value sets
 that ``scripts/extract_fhir_definitions.py`` extracted from the official
-``hl7.fhir.r5.core@5.0.0`` package into ``fhir_ctms/definitions/required-bindings.json``
-and reports every coded value that is not in its required value set.
+``hl7.fhir.r5.core@5.0.0`` package (and, for ``ResearchSubject.progress.subjectState``, the
+code system ``research-subject-state`` from the HL7 Terminology package ``hl7.terminology.r5``)
+into ``fhir_ctms/definitions/required-bindings.json`` and reports every coded value that is not in its required value set.
 
 Rules:
 

@@ -63,8 +63,9 @@ def validate_resource(resource: dict[str, Any], settings: Settings | None = None
     issues = check_resource(resource, require=settings.require_profiles,
                             reject_unknown=settings.reject_unknown_profiles)
     errors = [i for i in issues if i.severity in ("error", "fatal")]
-    if errors:
-        raise Unprocessable(errors[0].diagnostics, issues=issues)
+    if errors:  # the errors first (the summary names one), then the warnings
+        raise Unprocessable(errors[0].diagnostics,
+                            issues=errors + [i for i in issues if i not in errors])
 
 
 def check_resource(resource: dict[str, Any], profiles: tuple[str, ...] = (), *,

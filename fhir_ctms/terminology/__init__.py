@@ -1,7 +1,9 @@
 """The terminology the server holds in files: the CTMS code systems and value sets of
 ``terminology/`` (profiles/README.md, "Terminology") and the R5 core value sets extracted from
 ``hl7.fhir.r5.core`` 5.0.0 into ``fhir_ctms/definitions/core-terminology.json`` (those of the
-required bindings, plus ``research-study-status``; ``scripts/extract_fhir_definitions.py``).
+required bindings, plus ``research-study-status`` and ``research-subject-milestone``; the code
+systems ``research-subject-state`` and ``research-subject-milestone`` come from the HL7
+Terminology package ``hl7.terminology.r5``; ``scripts/extract_fhir_definitions.py``).
 
 - :func:`codes` -- the (system, code) pairs of a value set held here (``url`` or
   ``url|version``), None when the server holds no such value set (the profile validator checks

@@ -12,8 +12,8 @@ EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.json"))  #
 CLI = [sys.executable, "-m", "fhir_ctms.cli"]
 
 
-def run(database_url, *args):
-    env = {**os.environ, "FHIR_CTMS_DATABASE_URL": database_url}
+def run(database_url, *args, **environ):
+    env = {**os.environ, "FHIR_CTMS_DATABASE_URL": database_url, **environ}
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -58,6 +58,35 @@ def test_import_reports_what_was_rejected(fresh_database_url, tmp_path):
     assert "mixed.ndjson:2" in result.stderr and "mixed.ndjson:3" in result.stderr
     assert "ResearchStudy.status" in result.stderr
     assert "bad.json" in result.stderr and "nothing from this file was loaded" in result.stderr
+    assert "Traceback" not in result.stderr and "closed database" not in result.stderr
+
+
+def test_a_rejected_file_leaves_a_clean_report(fresh_database_url, tmp_path, live_server):
+    """A good file, then one rejected (mandatory profiles): exit 1, the good file saved, and
+    stderr the report only (the session of the rejected file had left the SQLite transaction
+    open; its COMMIT, scheduled on the loop, ran after the repository was closed and printed
+    a traceback)."""
+    url = fresh_database_url()
+    good, bad = tmp_path / "1-good.json", tmp_path / "2-bad.json"
+    good.write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "g1"},
+         "request": {"method": "PUT", "url": "Patient/g1"}}]}))
+    bad.write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "g2"},
+         "request": {"method": "PUT", "url": "Patient/g2"}},
+        {"resource": {"resourceType": "ResearchSubject", "id": "rs1", "status": "active",
+                      "study": {"reference": "ResearchStudy/x"},
+                      "subject": {"reference": "Patient/g2"}},
+         "request": {"method": "PUT", "url": "ResearchSubject/rs1"}}]}))
+    result = run(url, "import", "--quiet", str(good), str(bad), FHIR_CTMS_REQUIRE_PROFILES="true")
+    assert result.returncode == 1, result.stderr
+    assert "loaded 1 resources, rejected 1" in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("  rejected: ") and "2-bad.json: 422" in lines[0], result.stderr
+    assert "ctms-subject" in lines[0]  # the error (the profile's), not a warning, leads
+    server = live_server(database_url=url)
+    assert httpx.get(server.url + "/Patient/g1").status_code == 200
+    assert httpx.get(server.url + "/Patient/g2").status_code in (404, 410)
 
 
 def test_db_upgrade_is_idempotent(fresh_database_url):

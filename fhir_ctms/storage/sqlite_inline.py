@@ -145,6 +145,7 @@ class InlineWriter:
         self.group: list[tuple[asyncio.Future[None], WriteLog]] = []
         self.rows_since_checkpoint = 0
         self.checkpoint_task: asyncio.Future[None] | None = None
+        self.closed = False
 
     @asynccontextmanager
     async def session(self, make: Callable[[InlineConnection], Any]) -> AsyncIterator[Any]:
@@ -186,6 +187,8 @@ class InlineWriter:
 
     def _scheduled_commit(self, conn: sqlite3.Connection) -> None:
         self.commit_scheduled = False
+        if self.closed:  # aclose ran the COMMIT already
+            return
         if self.lock.locked() or self.queued:  # they join; the last to release schedules again
             return
         self._commit(conn)
@@ -271,7 +274,16 @@ class InlineWriter:
         task = self.checkpoint_task
         if task is not None and not task.done():
             await asyncio.wait([task])
-        self.close()
+        # a COMMIT scheduled (``call_soon``) but not run yet: run it now. Left to the loop, it
+        # ran on the closed connection ("Cannot operate on a closed database" printed by
+        # ``fhir-ctms import`` after a rejected file, whose session had left the transaction
+        # open without writing)
+        async with self.lock:
+            conn = getattr(self.connection.local, "conn", None)
+            if conn is not None:
+                self._commit(conn)
+            self.closed = True
+            self.close()
 
     def close(self) -> None:
         self.connection.close()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the ACME-101 example study: ``python examples/build_example.py``.
 
-A fictional phase 2 asthma study in three countries, eight sites, 66 subjects, following the CTMS
+A fictional phase 2 asthma study in three countries, eight sites, 64 subjects, following the CTMS
 model of ``profiles/README.md``. Everything comes from the explicit tables below (no randomness),
 so the output is the same on every run. It writes:
 
@@ -23,6 +23,7 @@ import math
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,11 @@ SUBJECT_STATE = "http://terminology.hl7.org/CodeSystem/research-subject-state"
 SUBJECT_MILESTONE = "http://terminology.hl7.org/CodeSystem/research-subject-milestone"
 PARTY_ROLE = "http://hl7.org/fhir/research-study-party-role"
 SUBJECT_NUMBER = "http://acme-therapeutics.example.org/acme-101/subject-number"
+STUDY_DESIGN = "http://hl7.org/fhir/study-design"  # SEVCO codes (R5 ValueSet study-design)
+DESIGN = (("SEVCO:01001", "Interventional research"), ("SEVCO:01003", "randomized assignment"),
+          ("SEVCO:01011", "Parallel cohort design"), ("SEVCO:01060", "Blinding of study participants"),
+          ("SEVCO:01061", "Blinding of intervention providers"), ("SEVCO:01062", "Blinding of outcome assessors"),
+          ("SEVCO:01043", "Multicentric"))
 
 STUDY_ID = "acme-101"
 STUDY_TARGET = 90
@@ -183,8 +189,8 @@ SITES = [
          (("selected", "2025-02-01", "2025-02-03"), ("irb-approved", "2025-04-15", "2025-05-02"),
           ("contract-executed", "2025-05-10", "2025-05-16"), ("siv-done", "2025-05-26", "2025-05-28"),
           ("activated", "2025-05-26", "2025-06-02"), ("first-subject-in", "2025-07-01", None),
-          ("enrolment-closed", "2026-06-30", "2025-10-31"), ("close-out-visit", "2026-03-15", "2026-03-20"),
-          ("closed", "2026-03-31", "2026-03-31")),
+          ("enrolment-closed", "2026-06-30", "2026-03-02"), ("close-out-visit", "2026-04-20", "2026-04-22"),
+          ("closed", "2026-04-30", "2026-04-30")),
          (("1.0", "2025-05-02"),),
          ("Bernard", "Lemoine", "male")),
 ]
@@ -246,10 +252,10 @@ SUBJECTS: dict[str, list[tuple[int, str, str, str | None, int | None]]] = {
         (11, "2026-08-24", "ON", None, None), (12, "2026-10-05", "ON", None, None),
         (13, "2026-11-02", "SF", None, None), (14, "2026-11-18", "SCR", None, None),
     ],
+    # slow: three subjects in the nine months it was open (2025-06-02 to 2026-03-02)
     "site-fr-03": [
-        (1, "2025-06-16", "CO", None, None), (2, "2025-07-21", "SF", None, None),
-        (3, "2025-08-11", "CO", None, None), (4, "2025-09-15", "WD", "withdrawn-adverse-event", 60),
-        (5, "2025-10-06", "SF", None, None),
+        (1, "2025-06-16", "CO", None, None), (2, "2025-10-20", "SF", None, None),
+        (3, "2026-02-09", "WD", "withdrawn-adverse-event", 30),
     ],
 }
 # Visits done late (days after the target day; beyond the window) and visits missed (noshow).
@@ -258,23 +264,6 @@ LATE = {("subj-gb-01-002", "w8"): 9, ("subj-de-01-003", "w4"): 6, ("subj-fr-01-0
 MISSED = {("subj-gb-02-004", "w2"), ("subj-de-01-002", "w16"), ("subj-gb-01-006", "w12"),
           ("subj-de-01-011", "w2")}
 DEVIATION = (0, 1, -1, 2, -2, 0, 1, -1)  # days from the target day of an on-time visit
-
-GIVEN = {
-    "GB": {"female": ["Amelia", "Grace", "Ruby", "Evie", "Hannah", "Lucy", "Megan", "Zara", "Imogen"],
-           "male": ["Oliver", "George", "Harry", "Jack", "Callum", "Rhys", "Ewan", "Tobias", "Aaron"]},
-    "DE": {"female": ["Anna", "Lena", "Miriam", "Johanna", "Greta", "Carla", "Ines", "Frieda"],
-           "male": ["Lukas", "Felix", "Matthias", "Tobias", "Henrik", "Moritz", "Jan", "Till"]},
-    "FR": {"female": ["Chloé", "Manon", "Inès", "Léa", "Juliette", "Margaux", "Élodie", "Agathe"],
-           "male": ["Hugo", "Lucas", "Mathis", "Théo", "Julien", "Rémi", "Baptiste", "Arnaud"]},
-}
-FAMILY = {
-    "GB": ["Whitfield", "Harcourt", "Pennington", "Ellery", "Marchbank", "Thornley", "Oakes", "Greaves",
-           "Linfield", "Castleton", "Rowntree", "Hollis", "Bramwell", "Fairhurst", "Quayle"],
-    "DE": ["Kellermann", "Lindqvist", "Ostheim", "Brückner", "Falkenrath", "Sommerfeld", "Dreyer",
-           "Wittkamp", "Hagedorn", "Reinholz", "Steinbach", "Vollmer", "Ebeling"],
-    "FR": ["Lacombe", "Vasseur", "Delorme", "Fabre", "Charpentier", "Brunet", "Gauthier", "Lemaître",
-           "Rivière", "Masson", "Poirier", "Devaux", "Bonnaud"],
-}
 
 
 def d(s: str) -> dt.date:
@@ -643,6 +632,7 @@ def study(subs: list[Subject], version: str) -> dict[str, Any]:
         primaryPurposeType=concept("http://hl7.org/fhir/research-study-prim-purp-type", "treatment"),
         phase=concept("http://hl7.org/fhir/research-study-phase", "phase-2"),
         condition=[concept("http://snomed.info/sct", "195967001", "Asthma", text="Moderate to severe asthma")],
+        studyDesign=[concept(STUDY_DESIGN, code, display) for code, display in DESIGN],
         keyword=[{"text": "asthma"}, {"text": "biologic"}],
         region=[concept(ISO3166, c) for c, _n, _t in COUNTRIES],
         classifier=level("study"),
@@ -681,7 +671,9 @@ def site_study(site: Site, subs: list[Subject], up_to: int) -> dict[str, Any]:
             ms.append(milestone("site-milestone", code, False, planned))
         if actual:
             ms.append(milestone("site-milestone", code, True, actual))
-    entries = [site_protocol(v, e) for v, e in site.protocols if v == "1.0" or up_to >= 2]
+    included = [(v, e) for v, e in site.protocols if v == "1.0" or up_to >= 2]
+    entries = [site_protocol(v, e) for v, e in included]
+    runs = max(((e, v) for v, e in included if d(e) <= TODAY), default=None)  # the version it runs today
     parties = [{"name": f"Dr {site.pi[0]} {site.pi[1]}", "role": concept(PARTY_ROLE, "primary-investigator"),
                 "party": ref("PractitionerRole", f"role-{site.num}-pi")}]
     for key, given, family, _g in site.staff:
@@ -692,9 +684,11 @@ def site_study(site: Site, subs: list[Subject], up_to: int) -> dict[str, Any]:
     if entries:
         out["extension"] = entries
     out.update(title=f"ACME-101 at {site.institution}", status="active", classifier=level("site"),
-               partOf=[ref("ResearchStudy", f"{STUDY_ID}-{site.country.lower()}")],
-               region=[concept(ISO3166, site.country)],
-               site=[ref("Organization", f"org-{site.num}", site.institution), ref("Location", f"loc-{site.num}", site.unit)],
+               partOf=[ref("ResearchStudy", f"{STUDY_ID}-{site.country.lower()}"), ref("ResearchStudy", STUDY_ID)],
+               region=[concept(ISO3166, site.country)])
+    if runs:
+        out["protocol"] = [ref("PlanDefinition", PROTOCOL_ID[runs[1]])]
+    out.update(site=[ref("Organization", f"org-{site.num}", site.institution), ref("Location", f"loc-{site.num}", site.unit)],
                associatedParty=parties, progressStatus=ms, recruitment={"targetNumber": site.target})
     return out
 
@@ -760,16 +754,12 @@ def staff_resources() -> list[dict[str, Any]]:
 
 
 def patient(s: Subject) -> dict[str, Any]:
-    c = s.site.country
-    given = GIVEN[c][s.gender][(s.number * 3 + len(s.site.id)) % len(GIVEN[c][s.gender])]
-    family = FAMILY[c][(s.number * 7 + int(s.site.num[-2:])) % len(FAMILY[c])]
-    born = dt.date(1952 + (s.number * 7 + int(s.site.num[-2:]) * 5) % 48, 1 + (s.number * 5) % 12, 1 + (s.number * 11) % 28)
+    """Pseudonymised, as a CTMS holds a subject: the study's subject number, gender and year of
+    birth; no name, no hospital record number."""
+    born = 1952 + (s.number * 7 + int(s.site.num[-2:]) * 5) % 48
     return {"resourceType": "Patient", "id": f"pat-{s.key}",
-            "identifier": [{"type": concept("http://terminology.hl7.org/CodeSystem/v2-0203", "MR"),
-                            "system": f"http://fhir-ctms.org/fhir/sid/example-mrn/{s.site.num}",
-                            "value": f"{s.site.num.upper().replace('-', '')}{40000 + s.number * 311}"}],
-            "active": True, "name": [{"use": "official", "family": family, "given": [given]}],
-            "gender": s.gender, "birthDate": born.isoformat(),
+            "identifier": [{"system": SUBJECT_NUMBER, "value": s.key.upper()}],
+            "active": True, "gender": s.gender, "birthDate": str(born),
             "managingOrganization": ref("Organization", f"org-{s.site.num}")}
 
 
@@ -802,8 +792,6 @@ def research_subject(s: Subject) -> dict[str, Any]:
                    progress=progress,
                    period={"start": s.screened.isoformat(), **({"end": s.end.isoformat()} if s.end else {})},
                    study=ref("ResearchStudy", s.site.id), subject=ref("Patient", f"pat-{s.key}"))
-    if s.day1:
-        out["assignedComparisonGroup"] = "arm-a" if s.number % 2 else "arm-p"
     out["consent"] = [ref("Consent", f"consent-{s.key}")]
     return out
 
@@ -881,14 +869,201 @@ def bundles() -> tuple[dict[str, Any], dict[str, Any]]:
                       "managingOrganization": ref("Organization", f"org-{site.num}")})
         first.append(site_study(site, subs, 1))
     first += staff_resources()
+    first += [charge_item_definition(f) for f in FEES if f[10] == 1]
     second: list[dict[str, Any]] = [protocol("2.0"), study(subs, "2.0")]
     second += [site_study(site, subs, 2) for site in SITES if site.adoption("2.0")]
+    second += [charge_item_definition(f) for f in FEES if f[10] == 2]
     for s in subs:
         target = first if s.bundle == 1 else second
         target += [patient(s), consent(s), research_subject(s)]
         first += visit_resources(s, 1)
         second += visit_resources(s, 2)
     return transaction("acme-101-1-study", first), transaction("acme-101-2-amendment", second)
+
+
+# -- the fee schedule and what the sites earned (profiles/README.md "Fee schedules and payments") --
+# (id, payable-event code, detail, scope: "study", a country or a site id, currency, amount,
+#  holdback factor, protocol version or None, per-site cap or None, effective from, bundle)
+USAGE = "http://terminology.hl7.org/CodeSystem/usage-context-type"
+FEE_BASE = f"{CTMS}/ChargeItemDefinition"
+Fee = tuple[str, str, str | None, str, str, str, str, str | None, int | None, str, int]
+_VISIT_EUR = (("scr", "250.00"), ("d1", "450.00"), ("w2", "300.00"), ("w4", "300.00"), ("w12", "380.00"),
+              ("w16", "380.00"), ("eot", "520.00"), ("fu", "220.00"))
+_VISIT_GBP = (("scr", "200.00"), ("d1", "400.00"), ("w2", "260.00"), ("w4", "260.00"), ("w12", "320.00"),
+              ("w16", "320.00"), ("eot", "450.00"), ("fu", "190.00"))
+FEES: list[Fee] = [
+    *[(f"eur-visit-{v}", "visit-completed", v, "study", "EUR", a, "0.10", None, None, "2025-01-01", 1)
+      for v, a in _VISIT_EUR],
+    ("eur-visit-w8-v1", "visit-completed", "w8", "study", "EUR", "380.00", "0.10", "1.0", None, "2025-01-01", 1),
+    ("eur-randomised", "subject-milestone", "randomised", "study", "EUR", "1200.00", "0.10", None, None, "2025-01-01", 1),
+    ("eur-completed", "subject-milestone", "completed", "study", "EUR", "600.00", "0.10", None, None, "2025-01-01", 1),
+    ("eur-screen-failure", "screen-failure", None, "study", "EUR", "180.00", "0", None, 2, "2025-01-01", 1),
+    ("eur-start-up", "site-milestone", "activated", "study", "EUR", "6000.00", "0", None, None, "2025-01-01", 1),
+    ("eur-close-out", "site-milestone", "closed", "study", "EUR", "2500.00", "0", None, None, "2025-01-01", 1),
+    # a country-specific rate: the French end-of-treatment visit
+    ("fr-visit-eot", "visit-completed", "eot", "FR", "EUR", "560.00", "0.10", None, None, "2025-01-01", 1),
+    *[(f"gb-visit-{v}", "visit-completed", v, "GB", "GBP", a, "0.10", None, None, "2025-01-01", 1)
+      for v, a in _VISIT_GBP],
+    ("gb-visit-w8-v1", "visit-completed", "w8", "GB", "GBP", "320.00", "0.10", "1.0", None, "2025-01-01", 1),
+    ("gb-randomised", "subject-milestone", "randomised", "GB", "GBP", "1000.00", "0.10", None, None, "2025-01-01", 1),
+    ("gb-completed", "subject-milestone", "completed", "GB", "GBP", "500.00", "0.10", None, None, "2025-01-01", 1),
+    ("gb-screen-failure", "screen-failure", None, "GB", "GBP", "150.00", "0", None, 2, "2025-01-01", 1),
+    ("gb-start-up", "site-milestone", "activated", "GB", "GBP", "5000.00", "0", None, None, "2025-01-01", 1),
+    ("gb-close-out", "site-milestone", "closed", "GB", "GBP", "2000.00", "0", None, None, "2025-01-01", 1),
+    # amendment 2.0: the wider week 8 window pays more, the new week 20 visit is paid
+    ("eur-visit-w8-v2", "visit-completed", "w8", "study", "EUR", "420.00", "0.10", "2.0", None, "2026-06-15", 2),
+    ("eur-visit-w20", "visit-completed", "w20", "study", "EUR", "400.00", "0.10", "2.0", None, "2026-06-15", 2),
+    ("gb-visit-w8-v2", "visit-completed", "w8", "GB", "GBP", "350.00", "0.10", "2.0", None, "2026-06-15", 2),
+    ("gb-visit-w20", "visit-completed", "w20", "GB", "GBP", "340.00", "0.10", "2.0", None, "2026-06-15", 2),
+]
+#: the payment figures the README shows, each checked against $payments by tests/test_payments.py
+PAYMENT_EXAMPLES = (("site-fr-03", "2025-01-01", "2026-04-30"), ("site-gb-01", "2026-04-01", "2026-07-31"),
+                    ("site-gb-01", "2026-09-01", "2026-11-23"))
+
+
+def charge_item_definition(f: Fee) -> dict[str, Any]:
+    fid, kind, detail, scope, currency, amount, factor, version, cap, start, _b = f
+    ctx = [{"code": coding(USAGE, "program"), "valueReference": ref("ResearchStudy", STUDY_ID)}]
+    if scope in SITE:
+        ctx.append({"code": coding(USAGE, "venue"), "valueReference": ref("ResearchStudy", scope)})
+    elif scope != "study":
+        ctx.append({"code": coding(USAGE, "venue"), "valueCodeableConcept": concept("urn:iso:std:iso:3166", scope)})
+    ext: list[dict[str, Any]] = []
+    if detail:
+        ext.append({"url": f"{SD}/payable-event-detail", "valueString": detail})
+    if cap is not None:
+        ext.append({"url": f"{SD}/per-site-cap", "valuePositiveInt": cap})
+    applicability: dict[str, Any] = {"effectivePeriod": {"start": start}}
+    if version:
+        applicability["relatedArtifact"] = {"type": "depends-on", "resource": f"{PROTOCOL_URL}|{version}"}
+    comps: list[dict[str, Any]] = [{"type": "base", "amount": {"value": float(amount), "currency": currency}}]
+    if factor != "0":
+        comps.append({"type": "deduction", "code": concept(f"{CS}/payable-event", "holdback"), "factor": float(factor)})
+    where = "the study" if scope == "study" else scope
+    out: dict[str, Any] = {"resourceType": "ChargeItemDefinition", "id": f"fee-{fid}"}
+    if ext:
+        out["extension"] = ext
+    out.update(url=f"{FEE_BASE}/acme-101-{fid}", version="1", name=f"ACME101Fee{fid.title().replace('-', '')}",
+               title=f"ACME-101 fee: {kind}{' ' + detail if detail else ''} ({where}"
+                     f"{', protocol ' + version if version else ''})",
+               status="active", date=start, publisher="Acme Therapeutics plc", useContext=ctx,
+               code=concept(f"{CS}/payable-event", kind), applicability=[applicability],
+               propertyGroup=[{"priceComponent": comps}])
+    return out
+
+
+def _round(value: Decimal) -> Decimal:
+    return value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+def _fee_for(site: Site, kind: str, detail: str | None, day: dt.date, version: str | None) -> Fee | None:
+    """The most specific fee: site over country over study, then detail, protocol, latest start."""
+    found = [f for f in FEES if f[1] == kind and f[2] in (None, detail) and f[3] in ("study", site.country, site.id)
+             and d(f[9]) <= day and f[7] in (None, version)]
+    return max(found, key=lambda f: (2 if f[3] == site.id else 1 if f[3] != "study" else 0, f[2] is not None,
+                                     f[7] is not None, f[9], f[0]), default=None)
+
+
+def site_payments(site: Site, subs: list[Subject], start: dt.date, end: dt.date) -> list[list[str]]:
+    """Every event of the site (the rules of profiles/README.md), those dated in [start, end] as
+    README rows: date, event key, status, fee, gross, holdback, net."""
+    events: list[tuple[dt.date, str, str, str | None, str | None, str | None]] = []  # day, key, kind, detail, version, issue
+    for code in ("activated", "closed"):
+        day = site.milestone(code)
+        if day:
+            events.append((d(day), f"site-milestone/{site.id}/{code}", "site-milestone", code,
+                           site.protocol_on(d(day)), None))
+    for s in subs:
+        if s.site is not site:
+            continue
+        no_consent = "no-consent" if s.state == "withdrawn" and s.progress[-1][2] == "consent-withdrawn" else None
+        if s.day1:
+            events.append((s.day1, f"subject-milestone/{s.id}/randomised", "subject-milestone", "randomised",
+                           site.protocol_on(s.day1), no_consent))
+        if s.state == "off-study" and s.end:
+            events.append((s.end, f"subject-milestone/{s.id}/completed", "subject-milestone", "completed",
+                           site.protocol_on(s.end), no_consent))
+        if s.outcome == "SF" and s.end:
+            events.append((s.end, f"screen-failure/{s.id}", "screen-failure", None, site.protocol_on(s.end), no_consent))
+        for a in {x.action: x for x in s.visits_1 + s.visits_2}.values():
+            if a.status == "fulfilled" and a.actual:
+                issue = no_consent or ("out-of-window" if not a.low <= a.actual <= a.high else None)
+                events.append((a.actual, f"visit/{s.id}/{a.action}", "visit-completed", a.action, a.version, issue))
+    events.sort(key=lambda e: (e[0], e[1]))
+    rows: list[tuple[dt.date, str, str, str, Decimal, Decimal]] = []
+    counted: Counter[str] = Counter()
+    withheld = Decimal(0)
+    for day, key, kind, detail, version, issue in events:
+        f = None if issue else _fee_for(site, kind, detail, day, version)
+        if f is None:
+            rows.append((day, key, issue or "no-fee", "", Decimal(0), Decimal(0)))
+            continue
+        if f[8] is not None:
+            counted[kind] += 1
+            if counted[kind] > f[8]:
+                rows.append((day, key, "capped", f"fee-{f[0]}", Decimal(0), Decimal(0)))
+                continue
+        gross = Decimal(f[5])
+        holdback = _round(gross * Decimal(f[6]))
+        withheld += holdback
+        rows.append((day, key, "payable", f"fee-{f[0]}", gross, holdback))
+    closed = site.milestone("closed")
+    if closed:
+        rows.append((d(closed), f"holdback-release/{site.id}", "release", "", withheld, Decimal(0)))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return [[r[0].isoformat(), f"`{r[1]}`", r[2], f"`{r[3]}`" if r[3] else "-", f"{r[4]:.2f}", f"{r[5]:.2f}",
+             f"{r[4] - r[5]:.2f}"] for r in rows if start <= r[0] <= end]
+
+
+def rate_changes(site: Site, rows: list[list[str]], start: dt.date, end: dt.date) -> list[str]:
+    """Per visit paid in the period: the site's most specific fees in effect in the period, for
+    any protocol or one the site ran in it, when their amounts differ."""
+    ran = {v for v, e in site.protocols if start < d(e) <= end} | {site.protocol_on(start)}
+    out = []
+    for detail in sorted({r[1].strip("`").split("/")[-1] for r in rows if r[1].startswith("`visit/")}):
+        cands = [f for f in FEES if f[1] == "visit-completed" and f[2] in (None, detail)
+                 and f[3] in ("study", site.country, site.id) and d(f[9]) <= end and f[7] in (None, *ran)]
+        if not cands:
+            continue
+        best = max((2 if f[3] == site.id else 1 if f[3] != "study" else 0, f[2] is not None) for f in cands)
+        cands = [f for f in cands if (2 if f[3] == site.id else 1 if f[3] != "study" else 0, f[2] is not None) == best]
+        if len({f[5] for f in cands}) > 1:
+            out.append(f"visit `{detail}`: " + ", ".join(f"`fee-{f[0]}` {f[5]} {f[4]}" for f in cands))
+    return out
+
+
+def payments_section(subs: list[Subject]) -> str:
+    fee_rows = [[f"`fee-{f[0]}`", f[1], f[2] or "(any)", f[3], f"{f[5]} {f[4]}",
+                 f"{int(Decimal(f[6]) * 100)} %" if f[6] != "0" else "-", f[7] or "(any)",
+                 str(f[8]) if f[8] else "-", f[9], f[10]] for f in FEES]
+    out = ["## Fee schedule and payments", "",
+           "The fee schedule is a set of ChargeItemDefinitions (`ChargeItemDefinition/fee-<id>`, url "
+           f"`{FEE_BASE}/acme-101-<id>|1`), each with `useContext` program = the study and, for a country "
+           "or site rate, `venue`; the rules (which definition applies, rounding, holdback, caps, what is "
+           "reported and not paid) are in [`profiles/README.md`](../profiles/README.md) (\"Fee schedules and "
+           "payments\"). German and French sites are paid in EUR, British sites in GBP. The amendment bundle "
+           "adds the 2.0 rates (effective from the approval of 2.0).", "",
+           md_table(["definition", "event", "detail", "scope", "amount", "holdback", "protocol", "cap per site",
+                     "from", "bundle"], fee_rows), ""]
+    for sid, start, end in PAYMENT_EXAMPLES:
+        site = SITE[sid]
+        rows = site_payments(site, subs, d(start), d(end))
+        cur = "GBP" if site.country == "GB" else "EUR"
+        paid = [r for r in rows if r[2] in ("payable", "release")]
+        gross = sum(Decimal(r[4]) for r in paid)
+        holdback = sum(Decimal(r[5]) for r in paid)
+        out += [f"### `{sid}`, {start} to {end} ({cur})", "",
+                f"`GET [base]/ResearchStudy/{STUDY_ID}/$payments?site={sid}&start={start}&end={end}`: every "
+                "event dated in the period (gross, holdback = gross x factor rounded half up to the cent, "
+                "net = gross - holdback; events not paid show 0.00).", "",
+                md_table(["date", "event", "status", "fee", "gross", "holdback", "net"], rows), "",
+                f"Totals: gross **{gross:.2f} {cur}**, holdback **{holdback:.2f} {cur}**, net **{gross - holdback:.2f} "
+                f"{cur}** ({len(paid)} lines paid, {len(rows) - len(paid)} reported and not paid).", ""]
+        changed = rate_changes(site, rows, d(start), d(end))
+        if changed:
+            out += ["Rates that changed in the period (reported as `rate-changed`; each event is paid at the rate "
+                    "of its date and protocol version): " + "; ".join(changed) + ".", ""]
+    return "\n".join(out)
 
 
 # -- the README -----------------------------------------------------------------------------------
@@ -930,13 +1105,15 @@ four weeks, else `proposed`).
 ## What is in it
 
 - Study `ResearchStudy/acme-101` (ctms-study): NCT09990101, EU CT 2024-519901-27-00, sponsor
-  protocol ACME-101; arms `arm-a` (ACM-4401 200 mg) and `arm-p` (placebo); target {target};
+  protocol ACME-101; design (`studyDesign`, R5 `study-design` SEVCO codes): {design}; arms `arm-a`
+  (ACM-4401 200 mg) and `arm-p` (placebo); target {target};
   study milestones planned (`actual` false) and reached (`actual` true): the 25 % and 50 %
   enrolment milestones are the dates of enrolments number {n25} and {n50}.
 - Countries (ctms-country): {countries}.
-- Sites (ctms-site): eight, each with an `Organization` (`org-<site>`), a `Location`
-  (`loc-<site>`), site milestones planned and actual, the PI as `associatedParty`, and one
-  `site-protocol` entry per protocol version adopted.
+- Sites (ctms-site): eight, each `partOf` its country and the study, with an `Organization`
+  (`org-<site>`), a `Location` (`loc-<site>`), site milestones planned and actual, the PI as
+  `associatedParty`, one `site-protocol` entry per protocol version adopted, and `protocol` the
+  PlanDefinition of the version it runs today (none before its first approval).
 - Staff: {staff} Practitioners (ctms-investigator: GCP training and, for doctors, a medical
   licence, each with its expiry; the GCP training of `Practitioner/{expired}` expired on
   2026-10-31) and their PractitionerRoles (ctms-site-staff: staff-role code, `research-study`
@@ -944,7 +1121,9 @@ four weeks, else `proposed`).
   (CRAs) and data manager.
 - Subjects: {nsub} ResearchSubjects (ctms-subject), each with a Patient (`pat-<site>-<n>`) and a
   Consent (`consent-<site>-<n>`); Day 1 (randomisation, the enrolment date) is 14 days after
-  screening.
+  screening. The Patients are pseudonymised: the subject number as identifier, gender and year of
+  birth, no name. The study is double-blind: the subjects carry no arm (`assignedComparisonGroup`),
+  since the randomisation list is not the CTMS's.
 - Visits of every enrolled subject: a CarePlan (`plan-<site>-<n>`, ctms-visit-plan), one
   Appointment per protocol visit (`appt-<site>-<n>-<visit>`, ctms-planned-visit, identifier
   `http://fhir-ctms.org/fhir/sid/planned-visit|<ResearchSubject id>/<visit>`, `requestedPeriod`
@@ -1018,7 +1197,8 @@ def readme(b1: dict[str, Any], b2: dict[str, Any]) -> str:
         n25=math.ceil(STUDY_TARGET * 0.25), n50=math.ceil(STUDY_TARGET * 0.5),
         countries=", ".join(f"`{STUDY_ID}-{c.lower()}` ({c}, target {t})" for c, _n, t in COUNTRIES),
         staff=sum(r["resourceType"] == "Practitioner" for r in every), expired=EXPIRED_GCP,
-        nsub=len(subs), protocol_table=md_table(["visit", "title", "1.0", "2.0"], protocol_rows),
+        nsub=len(subs), design=", ".join(f"{display} (`{code}`)" for code, display in DESIGN),
+        protocol_table=md_table(["visit", "title", "1.0", "2.0"], protocol_rows),
         nenc=sum(r["resourceType"] == "Encounter" for r in every), nlate=sum(a.late for a in finals),
         late=", ".join(late), nmissed=sum(a["status"] == "noshow" for a in appts.values()),
         missed=", ".join(sorted(f"`{s}` {a}" for s, a in MISSED)),
@@ -1048,7 +1228,8 @@ def readme(b1: dict[str, Any], b2: dict[str, Any]) -> str:
     return (head + "### Per site\n\n" + sites + "\n\n### Per country\n\n" + countries + "\n\n### The study\n\n"
             + study_t + "\n\n### Subjects per current state\n\n"
             + md_table(["state", "subjects", "ids"], state_rows)
-            + "\n\nWithdrawal reasons:\n\n" + md_table(["reason", "subjects", "ids"], reason_rows) + "\n")
+            + "\n\nWithdrawal reasons:\n\n" + md_table(["reason", "subjects", "ids"], reason_rows) + "\n\n"
+            + payments_section(subs))
 
 
 def dumps(value: Any) -> str:

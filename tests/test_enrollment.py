@@ -202,28 +202,32 @@ async def test_counts_rates_and_forecast_at_every_level(client):
 
     # the model: three sites with active days, k = (4, 0, 3), tau = (120, 60, 90)
     m = model(body)
+    # 0/60, 3/90 and 4/120 are within Poisson noise of one rate (the likelihood-ratio statistic
+    # of equal rates is 0): the pooled model, one common rate Gamma(7 + 1/2, 270)
     f = fc.fit([4, 0, 3], [120, 60, 90])
-    assert m["method"] == "poisson-gamma" == f.method
+    assert m["method"] == "pooled" == f.method and "equal rates" in m["note"]
     assert (m["sites"], m["recruits"], m["siteDays"]) == (3, 7, 270)
-    assert m["alpha"] == pytest.approx(f.alpha, rel=1e-3)
-    assert m["meanRate"] == pytest.approx(30 * f.alpha / f.beta, abs=0.01)
-    # each open site's posterior mean rate per 30 days: 30 (alpha + k) / (beta + tau)
-    for rid, k, tau in (("enr-uk-1", 4, 120), ("enr-uk-2", 0, 60), ("enr-de-1", 3, 90)):
-        assert got[rid]["posteriorRate"] == pytest.approx(30 * (f.alpha + k) / (f.beta + tau), abs=0.01)
-        # lagging: 30 days open or more and the posterior mean below half the mean rate
-        assert got[rid]["lagging"] is ((f.alpha + k) / (f.beta + tau) < 0.5 * f.alpha / f.beta)
-    # 0/60, 3/90 and 4/120 are within Poisson noise of one rate: alpha at its bound (equal
-    # rates), the posteriors all near the pooled 30 * 7 / 270 = 0.78, no site lagging
-    assert got["enr-uk-2"]["posteriorRate"] <= got["enr-uk-1"]["posteriorRate"]
-    assert m["alpha"] > 1000 and "equal rates" in m["note"]
-    assert [got[s]["posteriorRate"] for s in ("enr-uk-1", "enr-uk-2", "enr-de-1")] == [0.78] * 3
+    assert (m["alpha"], m["beta"]) == (7.5, 270.0)
+    assert m["likelihoodRatio"] < 2.706
+    assert m["meanRate"] == 0.83  # 30 * 7.5 / 270 = 0.833
+    assert (m["lagProbability"], m["lagMinDays"]) == (0.1, 30)
+    # every open site's posterior mean rate is the common rate
+    assert [got[s]["posteriorRate"] for s in ("enr-uk-1", "enr-uk-2", "enr-de-1")] == [0.83] * 3
+    # lagging, on each site's own data: P(<= k in tau days) at 7.5 / 270 = 0.027778 per day
+    # enr-uk-2: 0 in 60 days, mean 1.6667: e^-1.6667 = 0.1889 (poisson.cdf(0, 1.6667))
+    # enr-uk-1: 4 in 120 days, mean 3.3333: poisson.cdf(4, 3.3333) = 0.7565
+    # enr-de-1: 3 in 90 days, mean 2.5: poisson.cdf(3, 2.5) = 0.7576
+    # all >= 0.10 and no planned enrolment-closed milestone: none lagging
+    for rid, prob in (("enr-uk-2", 0.1889), ("enr-uk-1", 0.7565), ("enr-de-1", 0.7576)):
+        assert got[rid]["lagProbability"] == pytest.approx(prob, abs=1e-4), rid
+        assert got[rid]["lagging"] is False and "laggingReason" not in got[rid]
     assert "lagging" not in got["enr-de-2"] and "posteriorRate" not in got["enr-de-2"]
+    assert "lagProbability" not in got["enr-de-2"]
 
     # the forecasts: after D, ordered, and near the deterministic answer (days = remaining /
-    # the sum of the posterior mean rates, the planned site adding its prior mean from Aug 1)
+    # the sum of the sites' mean rates, the planned site adding its mean from Aug 1)
     day = dt.date.fromisoformat(D)
-    post = {rid: (f.alpha + k) / (f.beta + tau)
-            for rid, k, tau in (("enr-uk-1", 4, 120), ("enr-uk-2", 0, 60), ("enr-de-1", 3, 90))}
+    post = {rid: f.mean_rate for rid in ("enr-uk-1", "enr-uk-2", "enr-de-1")}
     prior, opens = f.alpha / f.beta, 31  # enr-de-2 opens on 2026-08-01, day 31
     for rid, remaining, rates, planned in (("enr", 15, list(post.values()), True),
                                            ("enr-uk", 8, [post["enr-uk-1"], post["enr-uk-2"]], False),
@@ -367,9 +371,12 @@ async def test_capability_statement_lists_it(client):
 
 async def test_lagging_site(client):
     """Four sites open 90 days (2026-04-02 to D) with 10, 12, 9 and 0 recruits: the rates
-    differ beyond Poisson noise, so alpha is finite, and the site with none is lagging (its
-    posterior mean alpha / (beta + 90) is below half alpha / beta); a fifth site open 20 days
-    (2026-06-11) with none is too new to be judged."""
+    differ beyond Poisson noise (the Poisson-gamma model, alpha finite), and the site with none
+    is lagging: at the study's mean rate alpha / beta = 0.073026 per day (alpha 0.8366, beta
+    11.456, fitted), 90 days make a Poisson mean of 6.5723 and P(0) = e^-6.5723 = 0.0014
+    (poisson.cdf(0, 6.5723)); the others: poisson.cdf(10, 6.5723) = 0.9290, poisson.cdf(12,
+    6.5723) = 0.9826, poisson.cdf(9, 6.5723) = 0.8711. A fifth site open 20 days (2026-06-11)
+    with none is too new to be judged (P(0) = e^-1.4605 = 0.2321 reported all the same)."""
     resources = [study("lag", "study", 100)]
     for n, k in enumerate((10, 12, 9, 0), 1):
         resources.append(study(f"lag-{n}", "site", 25, "lag", [(ACT, True, "2026-04-02")]))
@@ -383,8 +390,66 @@ async def test_lagging_site(client):
     assert m["method"] == "poisson-gamma" and m["alpha"] == pytest.approx(f.alpha, rel=1e-3)
     assert f.alpha < 100
     assert [got[f"lag-{n}"]["lagging"] for n in range(1, 6)] == [False, False, False, True, False]
+    assert [got[f"lag-{n}"]["lagProbability"] for n in range(1, 6)] == pytest.approx(
+        [0.9290, 0.9826, 0.8711, 0.0014, 0.2321], abs=1e-4)
+    assert got["lag-4"]["laggingReason"].startswith("slow: 0 enrolled in 90 days")
+    assert all("laggingReason" not in got[f"lag-{n}"] for n in (1, 2, 3, 5))
     assert got["lag-4"]["posteriorRate"] < 0.5 * m["meanRate"]
     assert got["lag"]["enrolled"] == 31 and got["lag"]["siteDays"] == 380  # 4 * 90 + 20
+
+
+async def test_lagging_rules(client):
+    """Each site on its own data, D = 2026-07-01. Sites activated 2026-01-02 (180 active days:
+    Jan 2 -> Feb 2 31, -> Mar 2 28, -> Apr 2 31, -> May 2 30, -> Jun 2 31, -> Jul 1 29) with
+    8, 7, 1 and 5 recruits, and one activated 2026-06-11 (20 days) with none: K = 21 over
+    T = 740 site-days, within Poisson noise of one rate (likelihood-ratio statistic 0.39): the
+    pooled model, mean rate (21 + 1/2) / 740 = 0.029054 per day, so over 180 days a Poisson
+    of mean 5.2297:
+
+    - pace-1 (8): poisson.cdf(8, 5.2297) = 0.9159; no planned close: not lagging;
+    - pace-2 (7): poisson.cdf(7, 5.2297) = 0.8416; target 15 by 2026-12-31 (planned; Jan 2 ->
+      Dec 31 = 363 days): 15 * 180 / 363 = 7.44 planned by now, 7 enrolled is less than one
+      subject behind: not lagging;
+    - pace-3 (1): poisson.cdf(1, 5.2297) = e^-5.2297 * 6.2297 = 0.0334 < 0.10: slow; target 6
+      by 2026-12-31: 6 * 180 / 363 = 2.98 planned, 1 <= 1.98: behind plan too;
+    - pace-4 (5): poisson.cdf(5, 5.2297) = 0.5757, not slow; target 12 by 2026-10-30 (planned;
+      Jan 2 -> Oct 30 = 301 days): 12 * 180 / 301 = 7.18 planned, 5 <= 6.18: behind plan. Its
+      actual enrolment-closed entry dated 2026-08-15 (after D) is not a plan and not a closing;
+    - pace-5 (0 in 20 days): P(0) = e^-(0.029054 * 20) = 0.5593; open fewer than 30 days: false;
+    - pace-6: enrolment closed on its activation day (no active day, so not in the model):
+      not judged (no lagging part)."""
+    planned = [(ACT, True, "2026-01-02")]
+    plan_dec = [("enrolment-closed", False, "2026-12-31")]
+    res = [study("pace", "study", 100),
+           study("pace-1", "site", 16, "pace", planned),
+           study("pace-2", "site", 15, "pace", planned + plan_dec),
+           study("pace-3", "site", 6, "pace", planned + plan_dec),
+           study("pace-4", "site", 12, "pace", planned + [("enrolment-closed", False, "2026-10-30"),
+                                                         ("enrolment-closed", True, "2026-08-15")]),
+           study("pace-5", "site", 5, "pace", [(ACT, True, "2026-06-11")]),
+           study("pace-6", "site", 5, "pace", planned + [("enrolment-closed", True, "2026-01-02")])]
+    for n, k in ((1, 8), (2, 7), (3, 1), (4, 5)):
+        res += [subject(f"p{n}-{i}", f"pace-{n}", ("screening", "2026-01-10"),
+                        ("on-study", "2026-01-20")) for i in range(k)]
+    await load(client, res)
+    body = (await client.get("/ResearchStudy/pace/$enrollment", params={"date": D})).json()
+    got, m = rows(body), model(body)
+    assert (m["method"], m["alpha"], m["beta"]) == ("pooled", 21.5, 740.0)
+    assert [got[f"pace-{n}"]["lagProbability"] for n in range(1, 6)] == pytest.approx(
+        [0.9159, 0.8416, 0.0334, 0.5757, 0.5593], abs=1e-4)
+    assert [got[f"pace-{n}"].get("lagging") for n in range(1, 7)] == [
+        False, False, True, True, False, None]
+    r3, r4 = got["pace-3"]["laggingReason"], got["pace-4"]["laggingReason"]
+    assert r3.startswith("slow: 1 enrolled in 180 days, P(<= 1) = 0.033") and \
+        "behind plan: 1 enrolled, 3.0 planned by now (target 6 by 2026-12-31)" in r3
+    assert r4 == "behind plan: 5 enrolled, 7.2 planned by now (target 12 by 2026-10-30)"
+    assert all("laggingReason" not in got[f"pace-{n}"] for n in (1, 2, 5, 6))
+    # the same in CSV
+    table = {t["reference"]: t for t in csv.DictReader(io.StringIO((await client.get(
+        "/ResearchStudy/pace/$enrollment", params={"date": D, "_format": "csv"})).text))}
+    assert table["ResearchStudy/pace-4"]["laggingReason"] == r4
+    assert table["ResearchStudy/pace-3"]["lagProbability"] == "0.0334"
+    assert table["ResearchStudy/pace-6"]["lagging"] == ""
 
 
 # -- the example study (examples/): its published numbers -----------------------------------------
@@ -446,6 +511,19 @@ async def test_the_example_study_matches_its_readme(client):
     study = got["acme-101"]
     assert study["targetMet"] is False
     assert dt.date.fromisoformat(study["forecastMedian"]) > dt.date(2026, 11, 23)
+    # the sites' counts are within Poisson noise of one rate: the pooled model (the mean rate's
+    # uncertainty in the interval), not a Poisson-gamma fit with alpha at its bound
+    assert model(r.json())["method"] == "pooled"
+    # site-fr-03 recruited slowly (enrolment closed early, on 2026-03-02): on 2026-02-01 it
+    # was open, 1 enrolled in 244 days against a plan of 6 by 2026-06-30 (393 days from its
+    # activation on 2025-06-02): 6 * 244 / 393 = 3.7 planned, so behind plan, and the only
+    # site lagging; today it is closed to enrolment and no longer judged
+    then = rows((await client.get("/ResearchStudy/acme-101/$enrollment",
+                                  params={"date": "2026-02-01"})).json())
+    assert {k for k, v in then.items() if v.get("lagging") is True} == {"site-fr-03"}
+    assert then["site-fr-03"]["laggingReason"] == \
+        "behind plan: 1 enrolled, 3.7 planned by now (target 6 by 2026-06-30)"
+    assert "lagging" not in got["site-fr-03"]
 
 
 async def test_no_recruit_yet(client):
@@ -462,3 +540,33 @@ async def test_no_recruit_yet(client):
     assert "forecastMedian" not in got["zero"] and "beyond 100 years" in got["zero"]["forecastNote"]
     assert "target" not in got["zero-1"] and got["zero-1"]["forecastNote"] == "no target"
     assert all(got[f"zero-{n}"]["lagging"] is False for n in (1, 2, 3))  # open < 30 days
+
+
+async def test_the_ends_of_the_calendar(client):
+    """Evaluation dates at the ends of the calendar, on the example study: a forecast past
+    9999-12-31 is no date (the note says why), never a 500; on 0001-01-01 nothing has happened."""
+    import json
+    files = sorted(EXAMPLES.glob("acme-101-*.json"))
+    if not files:
+        pytest.skip("the example study is not there")
+    for f in files:
+        bundle = json.loads(f.read_text())
+        await load(client, [e["resource"] for e in bundle["entry"]
+                            if e["resource"]["resourceType"] in ("ResearchStudy", "ResearchSubject")])
+    for fmt in ("json", "text/csv"):
+        r = await client.get("/ResearchStudy/acme-101/$enrollment",
+                             params={"date": "9999-12-31", "_format": fmt})
+        assert r.status_code == 200, r.text
+    got = rows((await client.get("/ResearchStudy/acme-101/$enrollment",
+                                 params={"date": "9999-12-31"})).json())
+    study = got["acme-101"]
+    assert study["enrolled"] > 0
+    for rid, row in got.items():
+        if row.get("targetMet") is True:
+            continue
+        assert "forecastHigh" not in row, (rid, row)  # no date after the last one
+        assert "forecastNote" in row, (rid, row)
+    r = await client.get("/ResearchStudy/acme-101/$enrollment", params={"date": "0001-01-01"})
+    assert r.status_code == 200, r.text
+    got = rows(r.json())
+    assert got["acme-101"]["enrolled"] == 0 and got["acme-101"]["activeSites"] == 0

@@ -213,6 +213,22 @@ def test_the_example_has_what_the_issue_asks_for():
     v1, v2 = ({a["id"]: a for a in p["action"]} for p in sorted(protocols, key=lambda p: p["version"]))
     assert set(v1) ^ set(v2)  # a visit added or removed
     assert v1["w8"]["relatedAction"] != v2["w8"]["relatedAction"]  # a window changed
+    # double-blind: the CTMS holds no arm assignment; the design says so
+    assert not any("assignedComparisonGroup" in s or "actualComparisonGroup" in s for s in subjects.values())
+    study = next(r for r in everything if r["resourceType"] == "ResearchStudy" and r["id"] == "acme-101")
+    design = {c["code"] for concept in study["studyDesign"] for c in concept["coding"]
+              if c["system"] == "http://hl7.org/fhir/study-design"}
+    assert design >= {"SEVCO:01003", "SEVCO:01011", "SEVCO:01060", "SEVCO:01061"}  # randomised, parallel, blinded
+    assert {g["type"]["coding"][0]["code"] for g in study["comparisonGroup"]} == {"experimental", "placebo-comparator"}
+    # pseudonymised Patients: the subject number, gender and year of birth only
+    patients = [r for r in everything if r["resourceType"] == "Patient"]
+    numbers = {i["value"] for s in subjects.values() for i in s["identifier"]}
+    assert len(patients) == len(subjects)
+    for pat in patients:
+        assert "name" not in pat and "telecom" not in pat and "address" not in pat, pat["id"]
+        assert re.fullmatch(r"\d{4}", pat["birthDate"]) and pat["gender"] in ("female", "male")
+        assert [(i["system"], i["value"] in numbers) for i in pat["identifier"]] == [
+            ("http://acme-therapeutics.example.org/acme-101/subject-number", True)]
     quals = [q for r in everything if r["resourceType"] == "Practitioner" for q in r["qualification"]]
     assert {code(q["code"]) for q in quals} >= {"gcp-training", "medical-licence"}
     assert any(dt.date.fromisoformat(q["period"]["end"]) < TODAY for q in quals)  # one expired
@@ -228,6 +244,9 @@ async def test_loaded_example(client):
     await check_readme_table(client)
     await check_visits(client)
     await check_searches(client)
+    await check_current_state(client)
+    await check_site_queries(client)
+    await check_enrollment(client)
 
 
 async def check_readme_table(client):
@@ -386,3 +405,71 @@ async def check_searches(client):
     expired = [p for p in await search(client, "/Practitioner")
                if any(dt.date.fromisoformat(q["period"]["end"]) < TODAY for q in p["qualification"])]
     assert [p["id"] for p in expired] == ["prac-fr-01-pi"]
+
+
+SITE_LEVEL = f"{CTMS}/CodeSystem/study-level|site"
+SUBJECT_STATE = "http://terminology.hl7.org/CodeSystem/research-subject-state"
+
+
+async def check_current_state(client):
+    """current-state (profiles/SearchParameter-ResearchSubject-current-state.json) finds subjects by
+    the state they are in now, per site as in the README's site table and overall as in its state
+    table; R5 subject_state matches any entry of the history."""
+    by_state = {r["state"]: r for r in readme_table("Subjects per current state")}
+    labels = {"screening": "screening", "ineligible": "screen failure (ineligible)",
+              "on-study": "on study / randomised (on-study)", "follow-up": "follow-up", "withdrawn": "withdrawn",
+              "off-study": "completed (off-study, reason completed)"}
+    for state, label in labels.items():
+        found = await search(client, "/ResearchSubject", {"current-state": f"{SUBJECT_STATE}|{state}"})
+        assert {s["id"] for s in found} == {i.strip() for i in by_state[label]["ids"].split(",")}, state
+        assert all(code(s["progress"][-1]["subjectState"]) == state for s in found)
+    # everyone was screened once; only those still screening are there now
+    assert await total(client, "/ResearchSubject", {"subject_state": f"{SUBJECT_STATE}|screening"}) == 64
+    assert await total(client, "/ResearchSubject", {"current-state": "screening"}) == int(by_state["screening"]["subjects"])
+    for row in readme_table("Per site"):
+        site = f"ResearchStudy/{row['site']}"
+        now = {states: await total(client, "/ResearchSubject", {"study": site, "current-state": states})
+               for states in ("ineligible", "on-study,follow-up", "withdrawn", "off-study",
+                              "screening,ineligible,on-study,follow-up,withdrawn,off-study")}
+        assert list(now.values()) == [int(row[c]) for c in (
+            "screen failures", "active", "withdrawn", "completed", "screened")], row["site"]
+
+
+async def check_site_queries(client):
+    """A study's sites in one search (each site is partOf its study and its country), and the
+    sites running a protocol version today (the site's protocol element)."""
+    table = {r["site"]: r for r in readme_table("Per site")}
+    sites = await search(client, "/ResearchStudy", {"classifier": SITE_LEVEL, "part-of": "ResearchStudy/acme-101"})
+    assert {s["id"] for s in sites} == set(table)
+    for country in ("gb", "de", "fr"):
+        mine = await search(client, "/ResearchStudy", {"classifier": SITE_LEVEL,
+                                                         "part-of": f"ResearchStudy/acme-101-{country}"})
+        assert {s["id"] for s in mine} == {k for k, r in table.items() if r["country"] == country.upper()}
+    # the two levels under the study: three countries and eight sites, each once
+    children = await search(client, "/ResearchStudy", {"part-of": "ResearchStudy/acme-101"})
+    assert len(children) == 11
+    versions = {p["version"]: p["id"] for p in await search(client, "/PlanDefinition", {"url": PROTOCOL_URL})}
+    for version, pid in versions.items():
+        running = await search(client, "/ResearchStudy", {"classifier": SITE_LEVEL, "protocol": f"PlanDefinition/{pid}"})
+        assert {s["id"] for s in running} == {k for k, r in table.items() if r["protocol"] == version}, version
+        assert all(runs(s, TODAY) == version for s in running)  # the element agrees with the history
+    unapproved = [s for s in sites if runs(s, TODAY) is None]
+    assert [s["id"] for s in unapproved] == ["site-gb-03"] and "protocol" not in unapproved[0]
+
+
+async def check_enrollment(client):
+    """$enrollment on the example: site-fr-03 recruited slowly (3 subjects in 9 months) and is
+    flagged lagging while it was open; the study row names no single region (three countries)."""
+    r = await client.get("/ResearchStudy/acme-101/$enrollment", params={"date": "2026-02-01"})
+    assert r.status_code == 200, r.text
+    rows = {}
+    for p in r.json()["parameter"]:
+        if p["name"] in ("study", "country", "site"):
+            parts = {x["name"]: next(v for k, v in x.items() if k.startswith("value")) for x in p["part"]}
+            rows[parts["reference"]["reference"].split("/")[1]] = parts
+    assert rows["site-fr-03"]["lagging"] is True and rows["site-fr-03"]["enrolled"] == 1
+    assert rows["site-gb-01"]["lagging"] is False  # the fastest site, open long enough to be judged
+    assert "region" not in rows["acme-101"]
+    assert {rows[f"acme-101-{c}"]["region"] for c in ("gb", "de", "fr")} == {"GB", "DE", "FR"}
+    assert rows["site-fr-03"]["region"] == "FR"
+    assert rows["site-fr-03"]["partOf"]["reference"] == "ResearchStudy/acme-101-fr"

@@ -377,7 +377,7 @@ async def test_recording_a_milestone_with_x_provenance(client):
 
 async def test_the_example_study(client):
     """examples/README.md: ACME-101 on its "today", 2026-11-23 (target 90: 25 % is the 23rd
-    enrolment, 50 % the 45th; 49 enrolled)."""
+    enrolment, 50 % the 45th; 48 enrolled)."""
     for name in ("acme-101-1-study.json", "acme-101-2-amendment.json"):
         r = await client.post("", content=(EXAMPLES / name).read_bytes(),
                               headers={"Content-Type": "application/fhir+json"})
@@ -391,14 +391,14 @@ async def test_the_example_study(client):
     assert got[("acme-101", "first-site-activated")]["derived"] == "2025-03-10"
     # first subject in: plan 2025-04-01, 2025-03-31 (the README's study table) -> -1
     assert row("acme-101", "first-subject-in") == ("2025-04-01", "2025-03-31", "recorded", -1, "met")
-    # enrolled-25: plan 2025-12-31, recorded 2025-12-22 = the 23rd enrolment -> -9
-    assert row("acme-101", "enrolled-25") == ("2025-12-31", "2025-12-22", "recorded", -9, "met")
-    assert got[("acme-101", "enrolled-25")]["derived"] == "2025-12-22"
-    # enrolled-50: plan 2026-08-31, recorded 2026-09-14 = the 45th enrolment -> +14, late
-    assert row("acme-101", "enrolled-50") == ("2026-08-31", "2026-09-14", "recorded", 14, "met-late")
-    assert got[("acme-101", "enrolled-50")]["derived"] == "2026-09-14"
+    # enrolled-25: plan 2025-12-31, recorded 2026-02-02 = the 23rd enrolment -> +33, late
+    assert row("acme-101", "enrolled-25") == ("2025-12-31", "2026-02-02", "recorded", 33, "met-late")
+    assert got[("acme-101", "enrolled-25")]["derived"] == "2026-02-02"
+    # enrolled-50: plan 2026-08-31, recorded 2026-09-21 = the 45th enrolment -> +21, late
+    assert row("acme-101", "enrolled-50") == ("2026-08-31", "2026-09-21", "recorded", 21, "met-late")
+    assert got[("acme-101", "enrolled-50")]["derived"] == "2026-09-21"
     assert not any("discrepancy" in x for x in got.values())  # the example's dates agree with its data
-    # enrolled-75 (68 of 90; 49 enrolled at ~2.4 a month) by 2027-03-31: at risk
+    # enrolled-75 (68 of 90; 48 enrolled at ~2.4 a month) by 2027-03-31: at risk
     assert got[("acme-101", "enrolled-75")]["state"] == "at-risk"
     assert got[("acme-101", "last-subject-in")]["state"] == "at-risk"
     # site-de-02 (activated 2026-10-20, no subject) planned its first subject for 2026-09-20

@@ -551,6 +551,11 @@ async def test_example_study_payments_match_the_readme(client):
                 for r in rows]
         assert got == want, site_id
         assert tuple(f"{site_part[k][0]:.2f}" for k in ("gross", "holdback", "net")) == totals
+    # every site once, although a site is part of its study and of its country
+    r = await client.get("/ResearchStudy/acme-101/$payments", params={"start": "2025-01-01", "end": "2026-11-23"})
+    listed = [p["valueReference"]["reference"] for s in r.json()["parameter"] if s["name"] == "site"
+              for p in s["part"] if p["name"] == "site"]
+    assert len(listed) == len(set(listed)) == 8, listed
     # the second period at site-gb-01 spans its adoption of 2.0 (2026-07-01): the w8 rate changed
     r = await client.get("/ResearchStudy/acme-101/$payments",
                          params={"site": "site-gb-01", "start": examples[1][1], "end": examples[1][2]})

@@ -37,6 +37,9 @@ PARTY = "http://hl7.org/fhir/research-study-party-role"
 UCUM = "http://unitsofmeasure.org"
 PROTOCOL = "http://fhir-ctms.org/fhir/PlanDefinition/acme-101-protocol"
 DEL = object()
+STATE = "http://terminology.hl7.org/CodeSystem/research-subject-state"
+MILESTONE = "http://terminology.hl7.org/CodeSystem/research-subject-milestone"
+WINDOW = "http://hl7.org/fhir/uv/vulcan-schedule/StructureDefinition/AcceptableOffsetRangeSoa"
 
 
 # --------------------------------------------------------------------------- valid instances
@@ -57,6 +60,7 @@ def study() -> dict[str, Any]:
         "identifier": [{"system": "https://clinicaltrials.gov", "value": "NCT01234567"}],
         "title": "ACME-101: a fictional phase 3 study",
         "phase": cc("http://hl7.org/fhir/research-study-phase", "phase-3"),
+        "studyDesign": [cc("http://hl7.org/fhir/study-design", "SEVCO:01003")],
         "classifier": [level("study")],
         "protocol": [{"reference": "PlanDefinition/acme-101-protocol-1"}],
         "associatedParty": [{"role": cc(PARTY, "sponsor"), "party": {"reference": "Organization/acme"}}],
@@ -89,7 +93,8 @@ def site() -> dict[str, Any]:
         "resourceType": "ResearchStudy", "id": "site-uk-01", "meta": {"profile": [C + "ctms-site"]},
         "status": "active", "classifier": [level("site")],
         "extension": [site_protocol()],
-        "partOf": [{"reference": "ResearchStudy/acme-101-gb"}],
+        "partOf": [{"reference": "ResearchStudy/acme-101-gb"}, {"reference": "ResearchStudy/acme-101"}],
+        "protocol": [{"reference": "PlanDefinition/acme-101-protocol-1"}],
         "site": [{"reference": "Organization/royal-infirmary"}, {"reference": "Location/ward-7"}],
         "region": [cc("urn:iso:std:iso:3166", "GB")],
         "recruitment": {"targetNumber": 20},
@@ -126,19 +131,23 @@ def subject() -> dict[str, Any]:
         "status": "active", "identifier": [{"system": "http://acme.example/subject", "value": "UK01-001"}],
         "study": {"reference": "ResearchStudy/site-uk-01"}, "subject": {"reference": "Patient/p1"},
         "progress": [
-            {"subjectState": cc("http://hl7.org/fhir/research-subject-state", "screening"),
-             "milestone": cc("http://hl7.org/fhir/research-subject-milestone", "Screened"),
+            {"subjectState": cc(STATE, "screening"), "milestone": cc(MILESTONE, "Screened"),
              "startDate": "2026-02-01", "endDate": "2026-02-10"},
-            {"subjectState": cc("http://hl7.org/fhir/research-subject-state", "on-study"),
-             "milestone": cc("http://hl7.org/fhir/research-subject-milestone", "Randomized"),
+            {"subjectState": cc(STATE, "on-study"), "milestone": cc(MILESTONE, "Randomized"),
              "startDate": "2026-02-10"}],
         "consent": [{"reference": "Consent/c1"}],
     }
 
 
+def _days(n: int) -> dict[str, Any]:
+    return {"value": n, "unit": "days", "system": UCUM, "code": "d"}
+
+
 def _after(target: str, days: int, relationship: str = "after-start") -> list[dict[str, Any]]:
-    return [{"targetId": target, "relationship": relationship,
-             "offsetDuration": {"value": days, "unit": "days", "system": UCUM, "code": "d"}}]
+    """A visit's timing: ``days`` from ``target``, its window 3 days either side."""
+    return [{"targetId": target, "relationship": relationship, "offsetDuration": _days(days),
+             "extension": [{"url": WINDOW, "valueRange": {"low": _days(abs(days) - 3),
+                                                          "high": _days(abs(days) + 3)}}]}]
 
 
 def protocol() -> dict[str, Any]:
@@ -242,6 +251,8 @@ CASES: list[tuple[str, Any, Callable[[dict[str, Any]], Any], str, str]] = [
      "ResearchStudy.identifier", "error"),
     ("ctms-study", ("min", "ResearchStudy.title"), lambda r: put(r, "title", DEL), "ResearchStudy.title", "error"),
     ("ctms-study", ("min", "ResearchStudy.phase"), lambda r: put(r, "phase", DEL), "ResearchStudy.phase", "error"),
+    ("ctms-study", ("min", "ResearchStudy.studyDesign"), lambda r: put(r, "studyDesign", DEL),
+     "ResearchStudy.studyDesign", "error"),
     ("ctms-study", ("min", "ResearchStudy.classifier"), lambda r: put(r, "classifier", DEL),
      "ResearchStudy.classifier", "error"),
     ("ctms-study", ("min", "ResearchStudy.associatedParty"), lambda r: put(r, "associatedParty", DEL),
@@ -290,8 +301,10 @@ CASES: list[tuple[str, Any, Callable[[dict[str, Any]], Any], str, str]] = [
     ("ctms-site", "ctms-site-5", lambda r: put(r, "progressStatus.0.period", {"end": "2026-03-01"}),
      "ResearchStudy.progressStatus[0]", "error"),
     ("ctms-site", ("min", "ResearchStudy.partOf"), lambda r: put(r, "partOf", DEL), "ResearchStudy.partOf", "error"),
-    ("ctms-site", ("max", "ResearchStudy.partOf"), lambda r: add(r, "partOf", ref("ResearchStudy/acme-101")),
-     "ResearchStudy.partOf", "error"),
+    ("ctms-site", ("max", "ResearchStudy.protocol"), lambda r: add(r, "protocol", ref("PlanDefinition/p2")),
+     "ResearchStudy.protocol", "error"),
+    ("ctms-site", ("type", "ResearchStudy.protocol"), lambda r: put(r, "protocol", [ref("Questionnaire/q")]),
+     "ResearchStudy.protocol[0].reference", "error"),
     ("ctms-site", ("type", "ResearchStudy.partOf"), lambda r: put(r, "partOf", [ref("Organization/o")]),
      "ResearchStudy.partOf[0].reference", "error"),
     ("ctms-site", ("min", "ResearchStudy.classifier"), lambda r: put(r, "classifier", DEL),
@@ -333,6 +346,8 @@ CASES: list[tuple[str, Any, Callable[[dict[str, Any]], Any], str, str]] = [
     ("ctms-investigator", ("min", "Practitioner.name"), lambda r: put(r, "name", DEL), "Practitioner.name", "error"),
     ("ctms-investigator", "ctms-investigator-1", lambda r: put(r, "qualification.0.period", {"start": "2025-01-01"}),
      "Practitioner.qualification[0]", "error"),
+    ("ctms-investigator", ("binding", "Practitioner.qualification.code"), lambda r: put(r, "qualification.0.code", X),
+     "Practitioner.qualification[0].code", "warning"),  # extensible: other qualifications may be coded elsewhere
     ("ctms-investigator", ("min", "Practitioner.qualification.period"), lambda r: put(r, "qualification.0.period", DEL),
      "Practitioner.qualification[0].period", "error"),
     # ctms-subject
@@ -344,6 +359,14 @@ CASES: list[tuple[str, Any, Callable[[dict[str, Any]], Any], str, str]] = [
      "ResearchSubject.progress[1].subjectState", "error"),
     ("ctms-subject", ("min", "ResearchSubject.progress.startDate"), lambda r: put(r, "progress.0.startDate", DEL),
      "ResearchSubject.progress[0].startDate", "error"),
+    ("ctms-subject", "ctms-subject-1", lambda r: put(r, "progress.1.startDate", "2026-01-31"),
+     "ResearchSubject", "error"),
+    ("ctms-subject", "ctms-subject-2", lambda r: put(r, "progress.0.endDate", "2026-01-31"),
+     "ResearchSubject.progress[0]", "error"),
+    ("ctms-subject", ("binding", "ResearchSubject.progress.milestone"), lambda r: put(r, "progress.1.milestone", X),
+     "ResearchSubject.progress[1].milestone", "error"),
+    ("ctms-subject", ("binding", "ResearchSubject.progress.milestone"),
+     lambda r: put(r, "progress.1.milestone", cc(MILESTONE, "Enrolled")), "ResearchSubject.progress[1].milestone", "error"),
     ("ctms-subject", ("binding", "ResearchSubject.progress.reason"), lambda r: put(r, "progress.0.reason", X),
      "ResearchSubject.progress[0].reason", "warning"),
     ("ctms-subject", ("type", "ResearchSubject.study"), lambda r: put(r, "study", ref("PlanDefinition/p")),
@@ -357,6 +380,11 @@ CASES: list[tuple[str, Any, Callable[[dict[str, Any]], Any], str, str]] = [
      "PlanDefinition.action[2].relatedAction[0]", "error"),
     ("ctms-protocol", "ctms-protocol-3", lambda r: put(r, "action.2.relatedAction.0.offsetDuration.code", "wk"),
      "PlanDefinition.action[2].relatedAction[0]", "error"),
+    ("ctms-protocol", "ctms-protocol-4", lambda r: put(r, "action.2.relatedAction.0.extension", DEL),
+     "PlanDefinition.action[2].relatedAction[0]", "error"),
+    ("ctms-protocol", "ctms-protocol-4",
+     lambda r: put(r, "action.0.relatedAction.0.extension.0.valueRange", {"low": _days(11)}),
+     "PlanDefinition.action[0].relatedAction[0]", "error"),
     ("ctms-protocol", ("min", "PlanDefinition.url"), lambda r: put(r, "url", DEL), "PlanDefinition.url", "error"),
     ("ctms-protocol", ("min", "PlanDefinition.version"), lambda r: put(r, "version", DEL), "PlanDefinition.version", "error"),
     ("ctms-protocol", ("min", "PlanDefinition.title"), lambda r: put(r, "title", DEL), "PlanDefinition.title", "error"),
@@ -664,14 +692,19 @@ def test_each_constraint_fails(pid: str, what: Any, change: Callable[[dict[str, 
 def test_unknown_value_set_is_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     from fhir_ctms.validation import profile as module
 
-    vs = "http://hl7.org/fhir/ValueSet/research-subject-milestone"
+    vs = "http://example.org/fhir/ValueSet/not-held"
     assert codes(vs) is None
     module._unknown_sets.discard(vs)
+    sd = copy.deepcopy(_sd("ctms-subject"))  # its milestone binding pointed at a value set not held
+    for e in (*sd["snapshot"]["element"], *sd["differential"]["element"]):
+        if e["id"] == "ResearchSubject.progress.milestone":
+            e["binding"]["valueSet"] = vs
     r = subject()
     r["progress"][0]["milestone"] = X
     with caplog.at_level(logging.WARNING, logger="fhir_ctms.validation.profile"):
-        assert _issues(r) == []
+        assert module.compile_profile(sd, validation._base_type).validate(r) == []
     assert any(vs in m for m in caplog.messages)
+    assert [i.expression for i in _issues(r)] == [("ResearchSubject.progress[0].milestone",)]  # held
 
 
 def test_unknown_ctms_extension_is_a_warning_and_others_are_ignored() -> None:

@@ -339,6 +339,36 @@ async def test_anchor_parameter_overrides_the_enrolment_date(client):
     assert (await visit(client, "rs1", "d15"))["start"] == "2026-03-25T00:00:00Z"
 
 
+async def test_dates_beyond_the_calendar_are_422_not_500(client):
+    """Anchors whose visits fall outside years 1 to 9999, and offsets no calendar holds: a 422
+    naming the problem, nothing written; a Day 1 near the first representable date works."""
+    await build(client)
+    for anchor, where in (("0001-01-01", "scr"), ("9999-12-31", "day1"), ("9999-11-01", "d57")):
+        out = await schedule(client, expect=422, anchor=anchor, date="2026-03-01")
+        text = out["issue"][0]["diagnostics"]
+        assert "outside the dates" in text and where in text and anchor in text, text
+    assert await search(client, "/Appointment?subject=Patient/p1") == []
+    out = await schedule(client, anchor="0001-02-15", date="0001-01-01")  # screening 0001-01-18..
+    assert counts(out)["created"] == 5
+    assert (await visit(client, "rs1", "scr"))["requestedPeriod"] == [{"start": "0001-01-18",
+                                                                        "end": "0001-02-14"}]
+    # the evaluation date at the end of the calendar: every visit is past, none written again
+    out = await schedule(client, date="9999-12-31")
+    assert counts(out)["created"] == 0
+
+    # offsets no calendar holds, and fractions of days, in the protocol itself
+    for value, text in ((100_000_000, "more days than the calendar"), (1e300, "more days than the calendar"),
+                        (1.5, "whole number of days")):
+        proto = protocol("1.0", "proto-1")
+        proto["action"][2]["relatedAction"][0]["offsetDuration"]["value"] = value
+        proto["action"][2]["relatedAction"][0]["extension"][0]["valueRange"]["high"]["value"] = value
+        await put(client, proto)
+        out = await schedule(client, expect=422, date="2026-03-01")
+        issue = out["issue"][0]
+        assert text in issue["diagnostics"], issue
+        assert issue["expression"][0].startswith("PlanDefinition.action[2].relatedAction"), issue
+
+
 async def test_errors(client):
     await build(client)
     assert (await client.post("/ResearchSubject/nobody/$schedule")).status_code == 404
@@ -436,7 +466,7 @@ async def test_the_example_study_is_already_scheduled(client):
         assert resp.status_code == 200, resp.text[:500]
     plans = await search(client, f"/CarePlan?identifier={quote(soa.PLAN_SYSTEM)}|&_count=500")
     enrolled = sorted(p["identifier"][0]["value"] for p in plans)
-    assert len(enrolled) == 49
+    assert len(enrolled) == 48  # the README's study table: enrolled
     provenance_before = (await client.get("/Provenance?_total=accurate&_count=0")).json()["total"]
     seen: dict[str, int] = {}
     for rid in enrolled:

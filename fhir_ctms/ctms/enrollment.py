@@ -3,7 +3,8 @@ operation's figures), from lists of resource dicts: no server, no database.
 
 Levels follow profiles/README.md: a ResearchStudy's level is its ``classifier`` coding of
 ``study-level`` (a child without one is taken as a site); a country is ``partOf`` the study, a
-site ``partOf`` the study or one of its countries. A subject counts at the site its ``study``
+site ``partOf`` the study and its country when the study has countries (the ``partOf`` entry that
+is a country of the study is the site's parent, else the study). A subject counts at the site its ``study``
 references (and so at the site's country and the study); one referencing the study or a country
 directly counts there and above. Subjects are classified by ``ctms.subjects.classify`` as of the
 evaluation date (later progress entries are ignored), so a past date gives the figures of then.
@@ -22,16 +23,32 @@ Definitions (all as of the evaluation date D):
 - rate: enrolled per 30 days. Site: over its τ. Country and study: over the days since the level's
   first site activation (the level's overall pace); ratePerSite: enrolled per 30 active site-days
   (Σ τ over the level's sites, the mean pace of one site). Absent when the days are 0;
-- forecast (see ``ctms.forecast``): α, β fitted over all the study's sites (k = enrolled, τ);
-  for each level, the sites of the level that are open (posterior rate, from D) or planned (prior
+- forecast (see ``ctms.forecast``): α, β fitted over all the study's sites (k = enrolled, τ),
+  or the pooled model (one common rate) when equal rates are not rejected; the parameters are
+  drawn anew in every simulation draw, so the interval carries their uncertainty; for each level, the sites of the level that are open (posterior rate, from D) or planned (prior
   rate, from the planned activation, or from D when that date has passed without activation;
   a site closed to enrolment or with neither date contributes nothing) give the days until
   target − enrolled more; the dates are D + whole days (the day of the event; none beyond
   :data:`HORIZON_YEARS`, as when nothing has been recruited yet). A level that has
   met its target: the forecast is the date it was met (the enrolment date of its target-th
   subject), with no interval;
-- lagging (sites): open at least :data:`LAG_MIN_DAYS` days and its posterior mean rate (pooled
-  fallback: its own rate k/τ) below :data:`LAG_FRACTION` of the study's fitted mean rate α/β.
+- lagging (sites): judged on the site's OWN data (k enrolled in τ active days), not on its
+  posterior rate (which the model shrinks towards the study's mean: with equal rates it is the
+  mean). A site open (activated, enrolment not closed) for at least :data:`LAG_MIN_DAYS` active
+  days is lagging when either:
+
+  * ``slow``: recruiting at the study's mean rate m (the reported ``meanRate``: α/β, pooled
+    (K + ½)/T), it would have had at most k recruits in τ days with probability below
+    :data:`LAG_PROBABILITY` (one-sided, Poisson of mean m τ; ``forecast.slow_probability``).
+    The probability is reported (``lagProbability``);
+  * ``behind plan``: the site has a target and a planned enrolment close (a planned, ``actual``
+    false, ``enrolment-closed`` progressStatus entry after its activation) and is at least
+    :data:`LAG_BEHIND` subject behind a linear plan: enrolled ≤ target × elapsed / planned
+    period − 1, with planned period = planned close − activation and elapsed = min(D, planned
+    close) − activation (a whole subject: a fraction of one behind the line is no delay);
+
+  ``laggingReason`` says which and with the figures. A site open fewer days: not lagging
+  (false); closed to enrolment or not activated: not judged (absent).
 """
 
 from __future__ import annotations
@@ -48,8 +65,9 @@ LEVEL_SYSTEM = "http://fhir-ctms.org/fhir/CodeSystem/study-level"
 MILESTONE_SYSTEMS = ("http://fhir-ctms.org/fhir/CodeSystem/site-milestone",
                      "http://fhir-ctms.org/fhir/CodeSystem/study-milestone", None)
 PER = 30  #: rates are per 30 days
-LAG_FRACTION = 0.5
+LAG_PROBABILITY = 0.10  #: a site is slow when P(≤ k in τ days) at the study's mean rate is below
 LAG_MIN_DAYS = 30
+LAG_BEHIND = 1  #: subjects behind the linear plan that make a site lagging
 HORIZON_YEARS = 100  #: forecast dates further away are not given (a note says so)
 
 
@@ -71,7 +89,7 @@ class Level:
     id: str
     title: str | None = None
     part_of: str | None = None  #: the parent's id
-    region: str | None = None
+    region: str | None = None  #: the level's region when it has exactly one (a study in several: none)
     target: int | None = None
     counts: Counts = field(default_factory=Counts)
     enrolment_dates: list[dt.date] = field(default_factory=list)
@@ -84,6 +102,9 @@ class Level:
     rate_per_site: float | None = None
     posterior_rate: float | None = None  #: site only, per 30 days
     lagging: bool | None = None  #: site only
+    lagging_reason: str | None = None  #: site only, when lagging
+    lag_probability: float | None = None  #: site only: P(≤ k recruits in τ days) at the mean rate
+    planned_enrolment_closed: dt.date | None = None  #: site only: its planned (actual false) one
     target_met_on: dt.date | None = None
     forecast_median: dt.date | None = None
     forecast_low: dt.date | None = None
@@ -133,6 +154,13 @@ def level_of(study: dict[str, Any]) -> str | None:
     return None
 
 
+def _parent(child: dict[str, Any], by_id: dict[str, Level]) -> str | None:
+    """The level ``child`` belongs to among those known: a site is ``partOf`` both its study and
+    its country (profiles/README.md), so the country wins, whatever the order of ``partOf``."""
+    known = [p for p in (ref_id(r) for r in child.get("partOf") or []) if p in by_id]
+    return next((p for p in known if by_id[p].level == "country"), known[0] if known else None)
+
+
 def _milestone(study: dict[str, Any], codes: tuple[str, ...], actual: bool,
                as_of: dt.date) -> dt.date | None:
     """The earliest ``period.start`` of a progressStatus entry with one of ``codes``: actual
@@ -160,12 +188,13 @@ def _target(study: dict[str, Any]) -> int | None:
 
 
 def _level(study: dict[str, Any], kind: str, parent: str | None) -> Level:
-    region = None
+    regions = set()
     for concept in study.get("region") or []:
         codes = [c.get("code") for c in (concept or {}).get("coding") or [] if c.get("code")]
         if codes:
-            region = codes[0]
-            break
+            regions.add(codes[0])
+    # one region or none: a study in three countries has no single region to report
+    region = next(iter(regions)) if len(regions) == 1 else None
     return Level(kind, study["id"], study.get("title") or study.get("name"), parent, region,
                  _target(study))
 
@@ -180,10 +209,14 @@ def _add(counts: Counts, st: Any) -> None:
 
 
 def _date(as_of: dt.date, days: float) -> dt.date | None:
-    """The day of an event ``days`` after the evaluation date; None beyond the horizon."""
+    """The day of an event ``days`` after the evaluation date; None beyond the horizon or
+    after the last date of the calendar (9999-12-31: an evaluation date near it)."""
     if not math.isfinite(days) or days > HORIZON_YEARS * 365.25:
         return None
-    return as_of + dt.timedelta(days=int(math.floor(days)))
+    try:
+        return as_of + dt.timedelta(days=int(math.floor(days)))
+    except OverflowError:
+        return None
 
 
 def report(study: dict[str, Any], children: list[dict[str, Any]], subjects: list[dict[str, Any]],
@@ -198,8 +231,8 @@ def report(study: dict[str, Any], children: list[dict[str, Any]], subjects: list
     # countries first, so sites under them find their parent
     pending = sorted(children, key=lambda c: (level_of(c) != "country", c.get("id", "")))
     for child in pending:
-        parent = ref_id(next(iter(child.get("partOf") or []), None))
-        if child.get("id") in by_id or parent not in by_id:
+        parent = _parent(child, by_id)
+        if child.get("id") in by_id or parent is None:
             continue
         kind = level_of(child) or "site"
         if kind == "study" or (kind == "country" and parent != top.id) \
@@ -242,6 +275,8 @@ def report(study: dict[str, Any], children: list[dict[str, Any]], subjects: list
         s.planned_activation = _milestone(study_json, ("activated",), False, as_of)
         s.enrolment_closed = _milestone(study_json, ("enrolment-closed", "closed"), True, as_of)
         if s.activated is not None:
+            s.planned_enrolment_closed = _planned_close(study_json, s.activated)
+        if s.activated is not None:
             end = min(as_of, s.enrolment_closed) if s.enrolment_closed else as_of
             s.site_days = max(0, (end - s.activated).days)
             s.active_sites = 1
@@ -272,15 +307,51 @@ def report(study: dict[str, Any], children: list[dict[str, Any]], subjects: list
             continue
         shape, rate = fit.posterior(s.counts.enrolled, s.site_days)
         s.posterior_rate = round(PER * shape / rate, 2)
-        own = shape / rate if not fit.pooled else (
-            s.counts.enrolled / s.site_days if s.site_days else None)
-        if own is not None and s.site_days >= LAG_MIN_DAYS and s.enrolment_closed is None:
-            s.lagging = own < LAG_FRACTION * fit.mean_rate
-        elif s.enrolment_closed is None:
-            s.lagging = False
+        if s.enrolment_closed is None:
+            _judge_pace(s, fit, as_of)
     for lv in levels:
         _forecast(lv, fit, as_of, draws, seed)
     return Report(as_of, fit, levels)
+
+
+def _planned_close(study: dict[str, Any], after: dt.date) -> dt.date | None:
+    """The earliest planned (``actual`` not true) ``enrolment-closed`` date after ``after``."""
+    found = []
+    for p in study.get("progressStatus") or []:
+        if not isinstance(p, dict) or p.get("actual") is True:
+            continue
+        if any(isinstance(c, dict) and c.get("system") in MILESTONE_SYSTEMS
+               and c.get("code") == "enrolment-closed"
+               for c in (p.get("state") or {}).get("coding") or []):
+            start = parse_date((p.get("period") or {}).get("start"))
+            if start is not None and start > after:
+                found.append(start)
+    return min(found) if found else None
+
+
+def _judge_pace(s: Level, fit: fc.Fit, as_of: dt.date) -> None:
+    """Whether an open site is lagging, on its own data (the module docstring, "lagging")."""
+    k, tau = s.counts.enrolled, s.site_days
+    s.lag_probability = round(fc.slow_probability(fit, k, tau), 4) if tau > 0 else None
+    if tau < LAG_MIN_DAYS:
+        s.lagging = False
+        return
+    reasons = []
+    p = fc.slow_probability(fit, k, tau)
+    if p < LAG_PROBABILITY:
+        reasons.append(
+            f"slow: {k} enrolled in {tau} days, P(<= {k}) = {p:.3f} < {LAG_PROBABILITY} "
+            f"at the study's mean rate ({PER * fit.mean_rate:.2f} per 30 days per site)")
+    close = s.planned_enrolment_closed
+    if s.target and close is not None and s.activated is not None:
+        period = (close - s.activated).days
+        elapsed = (min(as_of, close) - s.activated).days
+        expected = s.target * elapsed / period if period > 0 else float(s.target)
+        if k <= expected - LAG_BEHIND:
+            reasons.append(f"behind plan: {k} enrolled, {expected:.1f} planned by now "
+                           f"(target {s.target} by {close.isoformat()})")
+    s.lagging = bool(reasons)
+    s.lagging_reason = "; ".join(reasons) or None
 
 
 def _forecast(lv: Level, fit: fc.Fit | None, as_of: dt.date, draws: int, seed: int) -> None:
@@ -299,18 +370,15 @@ def _forecast(lv: Level, fit: fc.Fit | None, as_of: dt.date, draws: int, seed: i
     if fit is None:
         lv.forecast_note = "no activated site with active days: no rate to forecast from"
         return
-    rates: list[fc.SiteRate] = []
+    rates: list[fc.Site] = []
     for s in lv.sites:
         if s.enrolment_closed is not None:
             continue
-        if s.activated is not None:
-            shape, rate = fit.posterior(s.counts.enrolled, s.site_days)
-            rates.append(fc.SiteRate(shape, rate, 0.0))
-        elif s.planned_activation is not None:
-            rates.append(fc.SiteRate(fit.alpha, fit.beta,
-                                     float(max(0, (s.planned_activation - as_of).days))))
-    result = fc.time_to_target(lv.target - lv.counts.enrolled, rates, common=fit.pooled,
-                               draws=draws, seed=seed)
+        if s.activated is not None:  # its posterior (pooled: the common rate)
+            rates.append(fc.Site(s.counts.enrolled, float(s.site_days), 0.0))
+        elif s.planned_activation is not None:  # the prior, from its planned activation
+            rates.append(fc.Site(0, 0.0, float(max(0, (s.planned_activation - as_of).days))))
+    result = fc.forecast(fit, lv.target - lv.counts.enrolled, rates, draws=draws, seed=seed)
     if result is None:
         lv.forecast_note = "enrolment closed" if lv.level == "site" and lv.enrolment_closed \
             else "no open or planned site"

@@ -53,6 +53,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from ..errors import Issue, Unprocessable
@@ -70,6 +71,9 @@ LATER = frozenset({"after-start", "after", "after-end"})
 EARLIER = frozenset({"before-start", "before", "before-end"})
 SAME = frozenset({"concurrent-with-start", "concurrent"})
 _UNIT_DAYS = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7}
+#: the days from the first to the last date a visit may have (0001-01-01 .. 9999-12-30: the day
+#: after a visit, its Appointment's ``end``, must be a date too): no offset can be longer
+_SPAN = (dt.date.max - dt.date.min).days - 1
 
 DONE_STATUSES = frozenset({"fulfilled", "noshow", "cancelled", "entered-in-error", "arrived",
                            "checked-in"})
@@ -124,7 +128,7 @@ def _fail(message: str, expression: str | None = None) -> Unprocessable:
 
 def _days(quantity: Any, what: str) -> int:
     """A Duration or Quantity in whole days."""
-    if not isinstance(quantity, dict) or not isinstance(quantity.get("value"), (int, float)) \
+    if not isinstance(quantity, dict) or not isinstance(quantity.get("value"), (int, float, Decimal)) \
             or isinstance(quantity.get("value"), bool):
         raise _fail(f"{what}: a duration with a numeric value is required")
     unit = quantity.get("code") or quantity.get("unit") or "d"
@@ -132,8 +136,13 @@ def _days(quantity: Any, what: str) -> int:
     if factor is None:
         raise _fail(f"{what}: unit {unit!r} is not supported (days 'd' or weeks 'wk')")
     days = quantity["value"] * factor
-    if days != int(days):
-        raise _fail(f"{what}: {quantity['value']} {unit} is not a whole number of days")
+    if not -_SPAN <= days <= _SPAN:  # (NaN and infinities too) no date is that far from another
+        raise _fail(f"{what}: {quantity['value']} {unit} is more days than the calendar holds "
+                    f"(at most {_SPAN})", what if what.startswith("PlanDefinition") else None)
+    if days != int(days):  # fractions are not rounded: a visit is on a day
+        raise _fail(f"{what}: {quantity['value']} {unit} is not a whole number of days (durations "
+                    f"in a schedule of activities are whole days)",
+                    what if what.startswith("PlanDefinition") else None)
     return int(days)
 
 
@@ -208,6 +217,19 @@ def visits(protocol: dict[str, Any], anchor: dt.date) -> list[Visit]:
                     + (f": {', '.join(anchors)}" if anchors else " (no timing at all)"),
                     "PlanDefinition.action")
     base: dict[str, dt.date] = {}
+    last = dt.date.max - dt.timedelta(days=1)  # the day after a visit is its Appointment's end
+
+    def shifted(day: dt.date, days: int, aid: str) -> dt.date:
+        """``day`` + ``days``, or a 422 when that is outside 0001-01-01 .. 9999-12-30."""
+        try:
+            out = day + dt.timedelta(days=days)
+        except OverflowError:
+            out = None
+        if out is None or out > last:
+            raise _fail(f"Visit {aid!r}: {days:+d} days from {day.isoformat()} falls outside the "
+                        f"dates this server can represent (0001-01-01 to {last.isoformat()}); "
+                        f"the anchor (Day 1) is {anchor.isoformat()}")
+        return out
 
     def target_day(aid: str, seen: tuple[str, ...]) -> dt.date:
         if aid in base:
@@ -217,7 +239,8 @@ def visits(protocol: dict[str, Any], anchor: dt.date) -> list[Visit]:
             raise _fail(f"Action {seen[-1]!r}: relatedAction.targetId {aid!r} names no action")
         if aid in seen:
             raise _fail(f"The timing of action {aid!r} is circular: {' -> '.join((*seen, aid))}")
-        day = anchor if t is None else target_day(t[0], (*seen, aid)) + dt.timedelta(days=t[1])
+        day = shifted(anchor, 0, aid) if t is None else shifted(target_day(t[0], (*seen, aid)),
+                                                                 t[1], aid)
         base[aid] = day
         return day
 
@@ -229,8 +252,8 @@ def visits(protocol: dict[str, Any], anchor: dt.date) -> list[Visit]:
             out.append(Visit(aid, titles[aid], day, day, day))
         else:
             origin = target_day(t[0], (aid,))
-            out.append(Visit(aid, titles[aid], day, origin + dt.timedelta(days=t[2]),
-                             origin + dt.timedelta(days=t[3])))
+            out.append(Visit(aid, titles[aid], day, shifted(origin, t[2], aid),
+                             shifted(origin, t[3], aid)))
     return out
 
 

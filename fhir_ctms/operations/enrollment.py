@@ -4,7 +4,8 @@ each of its sites (the figures are defined in ``fhir_ctms/ctms/enrollment.py``, 
 ``fhir_ctms/ctms/forecast.py``).
 
 ``GET|POST [base]/ResearchStudy/[id]/$enrollment[?date=YYYY-MM-DD]``; ``affectsState`` false.
-The study, its countries and sites (``part-of``, two levels) and their ResearchSubjects
+The study, its countries and sites (``part-of``, two levels: a site is ``partOf`` the study and
+its country, found by both searches and counted once) and their ResearchSubjects
 (``study``) are read through searches on one read session, guarded by the request's token like
 any search (``interactions/access.py``: subjects the token cannot search are not counted).
 
@@ -42,8 +43,8 @@ CSV_FORMATS = ("csv", "text/csv")
 COLUMNS = ("level", "reference", "title", "partOf", "region", "target", "screened",
            "screenFailures", "enrolled", "active", "withdrawn", "completed", "percentOfTarget",
            "activated", "plannedActivation", "enrolmentClosed", "activeSites", "siteDays", "rate",
-           "ratePerSite", "posteriorRate", "lagging", "targetMetOn", "forecastMedian",
-           "forecastLow", "forecastHigh", "forecastNote")
+           "ratePerSite", "posteriorRate", "lagging", "laggingReason", "lagProbability",
+           "targetMetOn", "forecastMedian", "forecastLow", "forecastHigh", "forecastNote")
 
 
 async def enrollment(req: FhirRequest, ctx: Context, params: list[tuple[str, Any]]) -> FhirResponse:
@@ -55,11 +56,12 @@ async def enrollment(req: FhirRequest, ctx: Context, params: list[tuple[str, Any
         s = wrap(ctx, None, raw)
         asked = await _read(s, req.id or "")
         top = asked
-        for _ in range(2):  # a site's country, a country's study
-            parent = en.ref_id(next(iter(top.get("partOf") or []), None))
-            if en.level_of(top) == "study" or parent is None:
+        for _ in range(2):  # up to the study: a site is partOf its study (and its country)
+            parents = [p for p in (en.ref_id(r) for r in top.get("partOf") or []) if p]
+            if en.level_of(top) == "study" or not parents:
                 break
-            top = await _read(s, parent)
+            above = [await _read(s, p) for p in parents]
+            top = next((a for a in above if en.level_of(a) == "study"), above[0])
         children = await _search(s, "ResearchStudy", "part-of", [top["id"]])
         countries = [c["id"] for c in children if en.level_of(c) == "country"]
         if countries:
@@ -136,7 +138,8 @@ def _row(lv: en.Level) -> dict[str, Any]:
         "enrolmentClosed": lv.enrolment_closed if site else None,
         "activeSites": lv.active_sites, "siteDays": lv.site_days, "rate": lv.rate,
         "ratePerSite": lv.rate_per_site, "posteriorRate": lv.posterior_rate,
-        "lagging": lv.lagging, "targetMetOn": lv.target_met_on,
+        "lagging": lv.lagging, "laggingReason": lv.lagging_reason,
+        "lagProbability": lv.lag_probability, "targetMetOn": lv.target_met_on,
         "forecastMedian": lv.forecast_median, "forecastLow": lv.forecast_low,
         "forecastHigh": lv.forecast_high, "forecastNote": lv.forecast_note,
     }
@@ -144,7 +147,7 @@ def _row(lv: en.Level) -> dict[str, Any]:
 
 _INTEGERS = {"target", "screened", "screenFailures", "enrolled", "active", "withdrawn",
              "completed", "activeSites", "siteDays"}
-_DECIMALS = {"percentOfTarget", "rate", "ratePerSite", "posteriorRate"}
+_DECIMALS = {"percentOfTarget", "rate", "ratePerSite", "posteriorRate", "lagProbability"}
 _DATES = {"activated", "plannedActivation", "enrolmentClosed", "targetMetOn", "forecastMedian",
           "forecastLow", "forecastHigh"}
 
@@ -197,8 +200,11 @@ def _model(rep: en.Report) -> list[dict[str, Any]]:
         {"name": "siteDays", "valueInteger": int(f.site_days)},
         {"name": "draws", "valueInteger": fc.DRAWS},
         {"name": "seed", "valueInteger": fc.SEED},
-        {"name": "lagFraction", "valueDecimal": en.LAG_FRACTION},
+        {"name": "lagProbability", "valueDecimal": en.LAG_PROBABILITY},
+        {"name": "lagMinDays", "valueInteger": en.LAG_MIN_DAYS},
     ]
+    if f.lr is not None:
+        parts.append({"name": "likelihoodRatio", "valueDecimal": round(f.lr, 3)})
     if f.note:
         parts.append({"name": "note", "valueString": f.note})
     return parts

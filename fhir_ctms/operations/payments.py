@@ -141,7 +141,8 @@ async def _read(ctx: Context, study_id: str, asked: list[str]) -> dict[str, Any]
         countries = [c["id"] for c in children if _level(c) == "country"]
         if countries:
             children += await _search(s, "ResearchStudy", "part-of", [f"ResearchStudy/{c}" for c in countries])
-        sites = [c for c in children if _level(c) == "site"]
+        # a site is part of its study and of its country (profiles/README.md): found twice, counted once
+        sites = list({c["id"]: c for c in children if _level(c) == "site"}.values())
         if asked:
             known = {c["id"] for c in sites}
             stray = [a for a in asked if a not in known]

@@ -314,9 +314,10 @@ def keys_rotate() -> None:
     from .auth.keys import rotate
 
     async def work(store):
-        return await rotate(store, get_settings().auth_signing_alg)
-    record = _with_store(work)
-    typer.echo(f"new signing key {record.kid} ({record.alg})")
+        await rotate(store, get_settings().auth_signing_alg)
+        return [k for k in await store.keys() if not k.retired]
+    for record in _with_store(work):  # the access tokens' key, and the id tokens' (RS256)
+        typer.echo(f"new signing key {record.kid} ({record.alg})")
 
 
 @keys_app.command("list")

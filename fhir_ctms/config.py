@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     source_name: str = "fhir-ctms"
     #: Maximum number of entries in one batch or transaction Bundle.
     max_bundle_entries: int = 10_000
-    #: The base URL clients see (behind a proxy); by default derived from each request.
+    #: The base URL clients see (behind a proxy), and the authorization server's issuer; by default
+    #: derived from each request (the authorization server accepts only a ``Host`` naming the
+    #: address it was reached at, api/smart.py).
     public_base_url: str | None = None
     #: Origins whose browser apps may call the API, discovery and the token endpoint (CORS; SMART
     #: App Launch 2.2 asks it of servers that serve browser apps). ``*`` (the default): any origin,
@@ -75,7 +77,11 @@ class Settings(BaseSettings):
     auth_launch_lifetime: int = 300
     auth_offline_refresh_lifetime: int = 90 * 24 * 3600
     auth_online_refresh_lifetime: int = 8 * 3600
-    #: Algorithm of the server's own signing keys (``ES384`` or ``RS384``).
+    #: Lifetime of backend services' access tokens (client_credentials), seconds: SMART backend
+    #: services recommend at most 300 (and never more than ``auth_access_token_lifetime``).
+    auth_backend_token_lifetime: int = 300
+    #: Algorithm of the server's access token key (``ES384`` or ``RS384``); id tokens are always
+    #: signed RS256 by an RSA key of their own (SMART App Launch 2.2).
     auth_signing_alg: str = "ES384"
     #: Longest lifetime accepted for a client assertion (``exp`` - now), seconds (SMART: 5 minutes).
     auth_assertion_max_lifetime: int = 300

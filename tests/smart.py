@@ -55,12 +55,15 @@ def pkce_pair() -> tuple[str, str]:
 
 
 def assertion(key: Any, client_id: str, aud: str, *, alg: str | None = None, kid: str | None = None,
-              exp_in: int = 240, jti: str | None = None, sub: str | None = None) -> str:
+              exp_in: int = 240, jti: str | None = None, sub: str | None = None,
+              header: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> str:
+    """A client assertion (RFC 7523); ``header`` and ``extra`` add header parameters and claims."""
     alg = alg or ("ES384" if isinstance(key, ECKey) else "RS384")
     now = int(time.time())
     claims = {"iss": client_id, "sub": sub or client_id, "aud": aud, "exp": now + exp_in,
-              "jti": jti or uuid.uuid4().hex}
-    return jwt.encode({"alg": alg, "kid": kid or key.kid, "typ": "JWT"}, claims, key, algorithms=[alg])
+              "jti": jti or uuid.uuid4().hex, **(extra or {})}
+    return jwt.encode({"alg": alg, "kid": kid or key.kid, "typ": "JWT", **(header or {})}, claims, key,
+                      algorithms=[alg])
 
 
 def hidden(html: str, name: str) -> str:

@@ -68,12 +68,15 @@ def test_clients_users_and_keys_from_the_command_line(fresh_database_url, live_s
     rotated = run(url, "keys", "rotate")
     assert rotated.returncode == 0 and rotated.stdout.startswith("new signing key ")
     new_kid = rotated.stdout.split()[3]
-    keys_listed = run(url, "keys", "list").stdout.splitlines()
-    assert len(keys_listed) == 2 and any(line.startswith(new_kid) and line.endswith("signing") for line in keys_listed)
+    keys_listed = [line.split("\t") for line in run(url, "keys", "list").stdout.splitlines()]
+    # the access tokens' key and the id tokens' RS256 key, each rotated: two signing, two retired
+    assert len(keys_listed) == 4 and [new_kid, "ES384"] in [k[:2] for k in keys_listed if k[3] == "signing"]
+    assert sorted(k[1] for k in keys_listed if k[3] == "signing") == ["ES384", "RS256"]
+    assert sorted(k[1] for k in keys_listed if k[3] != "signing") == ["ES384", "RS256"]
     server = live_server(database_url=url)  # a restarted server (a running one reloads within 30 s)
     token_url = server.url.rsplit("/fhir", 1)[0] + "/auth/token"
     published = {k["kid"] for k in httpx.get(server.url.rsplit("/fhir", 1)[0] + "/auth/jwks").json()["keys"]}
-    assert published == {old_kid, new_kid}
+    assert published == {k[0] for k in keys_listed} and {old_kid, new_kid} <= published
     assert _kid(backend_token().json()["access_token"]) == new_kid
     assert run(url, "clients", "remove", "registry-export").returncode == 0
     assert backend_token().status_code == 401

@@ -68,8 +68,12 @@ async def test_discovery_and_capability_statement(smart):
     assert set(conf["grant_types_supported"]) == {"authorization_code", "client_credentials", "refresh_token"}
     oidc = (await http.get("/.well-known/openid-configuration")).json()
     assert oidc["issuer"] == conf["issuer"] == FHIR and oidc["jwks_uri"] == conf["jwks_uri"]
+    assert "RS256" in oidc["id_token_signing_alg_values_supported"]  # SMART: SHALL support RS256 id tokens
     jwks = (await http.get(conf["jwks_uri"])).json()
     assert jwks["keys"] and all("d" not in k for k in jwks["keys"])
+    # the access tokens' key and the id tokens' RSA key are both published
+    assert {k["alg"] for k in jwks["keys"]} == {"ES384", "RS256"}
+    assert [k["kty"] for k in jwks["keys"] if k["alg"] == "RS256"] == ["RSA"]
     security = (await http.get("/metadata")).json()["rest"][0]["security"]
     uris = {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}
     assert uris == {"authorize": AUTH + "/authorize", "token": TOKEN, "revoke": AUTH + "/revoke",
@@ -100,15 +104,37 @@ async def test_standalone_launch_public_client(smart):
     grant = verify_access_token(body["access_token"], await ring.verifier(), issuer=FHIR, audience=FHIR)
     assert grant.patient == "pat-001" and grant.client_id == "public-app" and grant.subject == "alice"
     assert [str(s) for s in grant.scopes.resources] == ["patient/*.rs"]
-    id_token = jwt.decode(body["id_token"], await ring.verifier(), algorithms=["ES384", "RS384"]).claims
+    # the id token is signed RS256 with the published RSA key (and is never an access token)
+    published = KeySet.import_key_set((await http.get(AUTH + "/jwks")).json())
+    decoded = jwt.decode(body["id_token"], published, algorithms=["RS256"])
+    assert decoded.header["alg"] == "RS256"
+    id_token = decoded.claims
     assert id_token["fhirUser"] == FHIR + "/Practitioner/prac-1" and id_token["aud"] == "public-app"
     assert id_token["nonce"] == "n-1" and id_token["iss"] == FHIR
-    # the code is single use: a second exchange fails and revokes what the first gave
+    with pytest.raises(InvalidToken):
+        verify_access_token(body["id_token"], await ring.verifier(), issuer=FHIR, audience=FHIR)
+    rs = basic("secret-app", SECRET)
+    assert (await http.post(AUTH + "/introspect", data={"token": body["access_token"]}, headers=rs)).json()["active"]
+    # the code is single use: a second exchange fails and revokes what the first gave, the access
+    # token too (RFC 6749 4.1.2)
     again = await exchange(http, code, verifier)
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
     refresh = await http.post(TOKEN, data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"],
                                            "client_id": "public-app"})
     assert refresh.status_code == 400 and refresh.json()["error"] == "invalid_grant"
+    info = (await http.post(AUTH + "/introspect", data={"token": body["access_token"]}, headers=rs)).json()
+    assert info == {"active": False}
+    assert (await http.get("/Patient", headers={"Authorization": f"Bearer {body['access_token']}"})).status_code == 401
+
+
+async def test_openid_alone_gives_an_id_token(smart):
+    http, _, _ = smart
+    code, verifier = await code_flow(http, scope="openid launch/patient patient/*.rs", nonce="n-2")
+    body = (await exchange(http, code, verifier)).json()
+    assert set(body["scope"].split()) == {"openid", "launch/patient", "patient/*.rs"}
+    published = KeySet.import_key_set((await http.get(AUTH + "/jwks")).json())
+    claims = jwt.decode(body["id_token"], published, algorithms=["RS256"]).claims
+    assert claims["sub"] == "alice" and claims["nonce"] == "n-2" and "fhirUser" not in claims
 
 
 async def test_patient_picker_limits_choice_and_scopes_are_intersected(smart):
@@ -231,6 +257,14 @@ async def test_refresh_rotation_and_family_revocation(smart):
     third = narrowed.json()
     escalate = await refresh(third["refresh_token"], scope="patient/*.cruds")
     assert escalate.status_code == 400 and escalate.json()["error"] == "invalid_scope"
+    # the narrowed grant stays narrowed: the original scope cannot come back at a later refresh
+    back = await refresh(third["refresh_token"], scope="patient/*.rs")
+    assert back.status_code == 400 and back.json()["error"] == "invalid_scope"
+    kept = await refresh(third["refresh_token"])
+    assert kept.status_code == 200, kept.text
+    assert set(kept.json()["scope"].split()) == {"patient/Patient.rs", "offline_access"}
+    assert kept.json()["refresh_token"]  # still an offline_access grant
+    third = kept.json()
     # the rotated token used again: refused, and the whole family dies with it
     replay = await refresh(first["refresh_token"])
     assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
@@ -239,7 +273,7 @@ async def test_refresh_rotation_and_family_revocation(smart):
 
 
 async def test_revocation_and_introspection(smart):
-    http, _, _ = smart
+    http, _, keys = smart
     code, verifier = await code_flow(http)
     tokens = (await exchange(http, code, verifier)).json()
     rs = basic("secret-app", SECRET)  # a resource server introspects as a confidential client
@@ -248,6 +282,20 @@ async def test_revocation_and_introspection(smart):
     assert "patient/*.rs" in info["scope"].split() and info["exp"] > time.time()
     assert (await http.post(AUTH + "/introspect", data={"token": "garbage"}, headers=rs)).json() == {"active": False}
     assert (await http.post(AUTH + "/introspect", data={"token": tokens["access_token"]})).status_code == 401
+    # an appropriately scoped bearer token authenticates the caller too (SMART token-introspection):
+    # a confidential client's token with a system/ (or user/) scope
+    backend = (await backend_token(http, keys["rs"], "backend-rs")).json()["access_token"]
+    bearer = {"Authorization": f"Bearer {backend}"}
+    by_bearer = (await http.post(AUTH + "/introspect", data={"token": tokens["access_token"]}, headers=bearer)).json()
+    assert by_bearer == info
+    # a public app's patient/ token is not appropriately scoped; a forged token is not a token
+    patient_token = {"Authorization": f"Bearer {tokens['access_token']}"}
+    r = await http.post(AUTH + "/introspect", data={"token": backend}, headers=patient_token)
+    assert r.status_code == 403 and r.json()["error"] == "insufficient_scope"
+    assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
+    r = await http.post(AUTH + "/introspect", data={"token": backend}, headers={"Authorization": "Bearer x.y.z"})
+    assert r.status_code == 401 and r.json()["error"] == "invalid_token"
+    assert r.headers["www-authenticate"].startswith("Bearer ")
     # revoke the access token (RFC 7009): 200, and introspection says inactive
     r = await http.post(AUTH + "/revoke", data={"token": tokens["access_token"], "client_id": "public-app"})
     assert r.status_code == 200
@@ -263,11 +311,15 @@ async def test_revocation_and_introspection(smart):
     assert (await http.post(AUTH + "/revoke", data={"token": "x", "client_id": "public-app"})).status_code == 200
 
 
+SITE_ROLE = "http://fhir-ctms.org/fhir/fhir-context-role/site"
+
+
 async def test_ehr_launch_with_study_context(smart):
     http, _, _ = smart
-    context = {"patient": "pat-002", "encounter": "enc-1", "need_patient_banner": False,
+    context = {"patient": "pat-002", "encounter": "enc-1", "need_patient_banner": False, "intent": "enrol",
+               "smart_style_url": "https://ehr.example/style.json", "tenant": "acme",
                "fhirContext": [{"reference": "ResearchStudy/acme-101"}, {"reference": "ResearchStudy/acme-101-uk01",
-                                                                          "role": "site"}]}
+                                                                          "role": SITE_ROLE}]}
     refused = await http.post(AUTH + "/launch", json=context, headers=basic("secret-app", SECRET))
     assert refused.status_code == 400 and refused.json()["error"] == "unauthorized_client"
     assert (await http.post(AUTH + "/launch", json=context, headers=basic("ehr", "wrong"))).status_code == 401
@@ -276,15 +328,97 @@ async def test_ehr_launch_with_study_context(smart):
     made = await http.post(AUTH + "/launch", json={**context, "client_id": "public-app"}, headers=basic("ehr", SECRET))
     assert made.status_code == 201, made.text
     handle = made.json()["launch"]
-    code, verifier = await code_flow(http, scope="launch openid fhirUser patient/*.rs", launch=handle)
-    body = (await exchange(http, code, verifier)).json()
-    assert body["patient"] == "pat-002" and body["encounter"] == "enc-1" and body["need_patient_banner"] is False
-    assert body["fhirContext"] == context["fhirContext"]
     # the handle is bound to the app it was made for
     _, challenge = pkce_pair()
     r = await http.get(AUTH + "/authorize", params=authorize_params(
         FHIR, challenge, client_id="secret-app", scope="launch patient/*.rs", launch=handle))
     assert query(r.headers["location"])["error"] == "invalid_request"
+    code, verifier = await code_flow(http, scope="launch openid fhirUser patient/*.rs", launch=handle)
+    body = (await exchange(http, code, verifier)).json()
+    assert body["patient"] == "pat-002" and body["encounter"] == "enc-1" and body["need_patient_banner"] is False
+    assert body["fhirContext"] == context["fhirContext"]
+    assert body["intent"] == "enrol" and body["tenant"] == "acme" and body["smart_style_url"] == context["smart_style_url"]
+    # introspection returns every launch context parameter of the token response (SMART token-introspection)
+    info = (await http.post(AUTH + "/introspect", data={"token": body["access_token"]},
+                            headers=basic("secret-app", SECRET))).json()
+    for name in ("patient", "encounter", "need_patient_banner", "fhirContext", "intent", "smart_style_url",
+                 "tenant", "fhirUser"):
+        assert info[name] == body[name], name
+    # the handle is single use: spent when the code was issued
+    _, challenge = pkce_pair()
+    r = await http.get(AUTH + "/authorize", params=authorize_params(
+        FHIR, challenge, scope="launch patient/*.rs", launch=handle))
+    assert r.status_code == 302 and query(r.headers["location"])["error"] == "invalid_request"
+
+
+async def test_ehr_launch_handle_spent_between_authorize_and_consent(smart):
+    """Two authorizations opened with one handle: the first consent spends it, the second is refused."""
+    http, _, _ = smart
+    handle = (await http.post(AUTH + "/launch", json={"patient": "pat-001"}, headers=basic("ehr", SECRET))).json()["launch"]
+    from .smart import PASSWORD, hidden
+    consents = []
+    for _ in range(2):
+        _, challenge = pkce_pair()
+        page = await http.get(AUTH + "/authorize", params=authorize_params(
+            FHIR, challenge, scope="launch patient/*.rs", launch=handle))
+        assert page.status_code == 200, page.text
+        consent = await http.post(AUTH + "/login", data={
+            "ticket": hidden(page.text, "ticket"), "csrf_token": hidden(page.text, "csrf_token"),
+            "username": "alice", "password": PASSWORD})
+        consents.append({"ticket": hidden(consent.text, "ticket"), "csrf_token": hidden(consent.text, "csrf_token"),
+                         "decision": "allow"})
+    first = await http.post(AUTH + "/consent", data=consents[0])
+    assert first.status_code == 303 and "code" in query(first.headers["location"])
+    second = await http.post(AUTH + "/consent", data=consents[1])
+    assert second.status_code == 303
+    back = query(second.headers["location"])
+    assert back["error"] == "invalid_request" and "code" not in back and back["state"] == "st-123"
+
+
+async def test_ehr_launch_patient_must_be_the_users(smart):
+    """alice may open pat-001 and pat-002 only: an EHR launch for pat-003 is refused at sign-in,
+    back to the app; a user without a patient list may open any."""
+    http, store, _ = smart
+    handle = (await http.post(AUTH + "/launch", json={"patient": "pat-003"}, headers=basic("ehr", SECRET))).json()["launch"]
+    _, challenge = pkce_pair()
+    done = await log_in(http, AUTH + "/authorize", authorize_params(FHIR, challenge, scope="launch patient/*.rs",
+                                                                     launch=handle))
+    assert done.status_code == 303, done.text
+    back = query(done.headers["location"])
+    assert back["error"] == "access_denied" and "code" not in back
+    # the handle was not spent by the refusal, and a user allowed any patient completes it
+    from fhir_ctms.auth.passwords import hash_secret
+    from fhir_ctms.storage.auth_store import UserRecord
+
+    from .smart import PASSWORD, hidden
+    await store.add_user(UserRecord("carol", hash_secret(PASSWORD), "Practitioner/prac-2", (), int(time.time())))
+    verifier, challenge = pkce_pair()
+    page = await http.get(AUTH + "/authorize", params=authorize_params(FHIR, challenge, scope="launch patient/*.rs",
+                                                                        launch=handle))
+    consent = await http.post(AUTH + "/login", data={"ticket": hidden(page.text, "ticket"),
+                                                    "csrf_token": hidden(page.text, "csrf_token"),
+                                                    "username": "carol", "password": PASSWORD})
+    done = await http.post(AUTH + "/consent", data={"ticket": hidden(consent.text, "ticket"),
+                                                   "csrf_token": hidden(consent.text, "csrf_token"), "decision": "allow"})
+    body = (await exchange(http, query(done.headers["location"])["code"], verifier)).json()
+    assert body["patient"] == "pat-003"
+
+
+@pytest.mark.parametrize("role", ["site", "", "urn", 7, "not a uri"])
+async def test_ehr_launch_fhir_context_role_must_be_an_absolute_uri(smart, role):
+    http, _, _ = smart
+    r = await http.post(AUTH + "/launch", json={"fhirContext": [{"reference": "ResearchStudy/s1", "role": role}]},
+                        headers=basic("ehr", SECRET))
+    assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+    assert "absolute URI" in r.json()["error_description"]
+
+
+async def test_ehr_launch_fhir_context_roles_accepted(smart):
+    http, _, _ = smart
+    for role in (SITE_ROLE, "launch", "urn:oid:1.2.3"):
+        r = await http.post(AUTH + "/launch", json={"fhirContext": [{"reference": "ResearchStudy/s1", "role": role}]},
+                            headers=basic("ehr", SECRET))
+        assert r.status_code == 201, (role, r.text)
 
 
 async def backend_token(http, key, client_id, aud=TOKEN, scope="system/*.rs", **kw):
@@ -302,6 +436,10 @@ async def test_backend_services(smart, which, client_id):
     body = r.json()
     expected = {"system/*.rs"} if which == "es" else {"system/*.rs", "system/Group.cruds"}
     assert set(body["scope"].split()) == expected and "refresh_token" not in body
+    # backend services' tokens live at most 300 s (auth_backend_token_lifetime), the token says so too
+    claims = jwt.decode(body["access_token"], KeySet.import_key_set((await http.get(AUTH + "/jwks")).json()),
+                        algorithms=["ES384"]).claims
+    assert body["expires_in"] == 300 and claims["exp"] - claims["iat"] == 300
     ring = server_keys.KeyRing(store, "ES384", 3600)
     grant = verify_access_token(body["access_token"], await ring.verifier(), issuer=FHIR, audience=FHIR)
     assert grant.client_id == client_id and grant.subject == client_id
@@ -310,8 +448,15 @@ async def test_backend_services(smart, which, client_id):
     assert (await backend_token(http, key, client_id, jti=jti)).status_code == 200
     replay = await backend_token(http, key, client_id, jti=jti)
     assert replay.status_code == 401 and replay.json()["error"] == "invalid_client"
+    public = key.as_dict(private=False)
     for kw in ({"aud": "https://elsewhere.example/token"}, {"exp_in": -120}, {"exp_in": 3600},
-               {"kid": "unknown-kid"}, {"sub": "someone-else"}):
+               {"kid": "unknown-kid"}, {"sub": "someone-else"},
+               # headers pointing at keys are never followed (no allow-list): refused even naming the right key
+               {"header": {"jku": "https://attacker.example/jwks.json"}},
+               {"header": {"x5u": "https://attacker.example/cert.pem"}},
+               {"header": {"jwk": public}}, {"header": {"x5c": ["MIIB"]}},
+               # not valid before (RFC 7523 3), beyond the leeway
+               {"extra": {"nbf": int(time.time()) + 120}}, {"extra": {"nbf": "soon"}}):
         r = await backend_token(http, key, client_id, **kw)
         assert r.status_code == 401 and r.json()["error"] == "invalid_client", kw
     # a key the client never registered, under the registered kid
@@ -320,6 +465,79 @@ async def test_backend_services(smart, which, client_id):
         assert (await backend_token(http, other, client_id, kid=key.kid)).status_code == 401
     only_user = await backend_token(http, key, client_id, scope="patient/*.rs")
     assert only_user.status_code == 400 and only_user.json()["error"] == "invalid_scope"
+
+
+async def test_backend_services_malformed_requests(smart):
+    """A wrong client_assertion_type is a malformed request (400 invalid_request, as Inferno's
+    backend services tests expect); an assertion that is not a JWT fails client authentication
+    (RFC 7521 4.2.1: invalid_client); a nbf within the leeway passes."""
+    http, _, keys = smart
+    good = assertion(keys["rs"], "backend-rs", TOKEN)
+    r = await http.post(TOKEN, data={"grant_type": "client_credentials", "scope": "system/*.rs",
+                                     "client_assertion_type": "not_an_assertion_type", "client_assertion": good})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+    r = await http.post(TOKEN, data={"grant_type": "client_credentials", "scope": "system/*.rs",
+                                     "client_assertion_type": ASSERTION})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+    r = await http.post(TOKEN, data={"grant_type": "client_credentials", "scope": "system/*.rs",
+                                     "client_assertion_type": ASSERTION, "client_assertion": "not-a-jwt"})
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+    ok = await backend_token(http, keys["rs"], "backend-rs", extra={"nbf": int(time.time()) + 5})
+    assert ok.status_code == 200, ok.text
+
+
+async def test_backend_token_lifetime_setting(repo):
+    await empty_tables(repo)
+    keys = await register(AuthStore(repo.engine))
+    async with make_client(repo, auth_backend_token_lifetime=120) as http:
+        body = (await backend_token(http, keys["es"], "backend-es")).json()
+    assert body["expires_in"] == 120
+
+
+async def test_issuer_comes_from_a_host_naming_this_server_only(smart):
+    """Without a public base URL, a Host that does not name the server is refused (421): it can
+    neither poison discovery nor turn the assertion's aud check to another server's URL."""
+    http, _, keys = smart
+    forged = {"Host": "evil.example"}
+    r = await http.get("/.well-known/smart-configuration", headers=forged)
+    assert r.status_code == 421 and "FHIR_CTMS_PUBLIC_BASE_URL" in r.json()["error_description"]
+    assert (await http.get("/.well-known/openid-configuration", headers=forged)).status_code == 421
+    evil_token = "http://evil.example/auth/token"
+    r = await http.post(TOKEN, headers=forged, data={
+        "grant_type": "client_credentials", "scope": "system/*.rs", "client_assertion_type": ASSERTION,
+        "client_assertion": assertion(keys["es"], "backend-es", evil_token)})
+    assert r.status_code == 421
+    _, challenge = pkce_pair()
+    assert (await http.get(AUTH + "/authorize", params=authorize_params(FHIR, challenge),
+                           headers=forged)).status_code == 421
+    assert (await http.get("/.well-known/smart-configuration",
+                           headers={"Host": "testserver:8080"})).status_code == 421  # another port
+    # the server's own name (and its port, explicit or not) is fine
+    for host in ("testserver", "testserver:80", "TESTSERVER"):
+        r = await http.get("/.well-known/smart-configuration", headers={"Host": host})
+        assert r.status_code == 200 and r.json()["token_endpoint"] == f"http://{host}/auth/token"
+
+
+async def test_public_base_url_wins_over_host(repo):
+    await empty_tables(repo)
+    async with make_client(repo, public_base_url="https://ctms.example/fhir") as http:
+        r = await http.get("/.well-known/smart-configuration", headers={"Host": "evil.example"})
+    assert r.status_code == 200 and r.json()["token_endpoint"] == "https://ctms.example/auth/token"
+
+
+def test_own_host():
+    from fhir_ctms.api.smart import own_host
+    assert own_host("127.0.0.1:8080", ("127.0.0.1", 8080))
+    assert own_host("localhost:8080", ("127.0.0.1", 8080)) and own_host("[::1]:8080", ("127.0.0.1", 8080))
+    assert own_host("ctms.example", ("ctms.example", None)) and own_host("ctms.example", ("ctms.example", 80))
+    assert own_host("ctms.example", ("ctms.example", 443), "https")
+    assert not own_host("localhost:8081", ("127.0.0.1", 8080))
+    assert not own_host("evil.example:8080", ("127.0.0.1", 8080))
+    assert not own_host("localhost:8080", ("10.0.0.5", 8080))
+    assert not own_host("user@127.0.0.1:8080", ("127.0.0.1", 8080))
+    assert not own_host("127.0.0.1:8080/x", ("127.0.0.1", 8080))
+    assert not own_host("127.0.0.1:port", ("127.0.0.1", 8080))
+    assert not own_host("127.0.0.1", None)
 
 
 async def test_client_credentials_needs_private_key_jwt(smart):
@@ -360,23 +578,32 @@ async def test_access_token_verification_refuses_forgeries(smart):
     foreign = jwt.encode({"alg": "ES384", "kid": "stranger", "typ": "at+jwt"}, claims, stranger, algorithms=["ES384"])
     with pytest.raises(InvalidToken):
         verify_access_token(foreign, KeySet(live.keys), issuer=FHIR, audience=FHIR)
-    expired = jwt.encode({"alg": "ES384", "kid": public["kid"], "typ": "at+jwt"}, {**claims, "exp": 1000},
-                         server_keys.import_key((await store.keys())[0]), algorithms=["ES384"])
+    es_record = next(r for r in await store.keys() if r.alg == "ES384")
+    expired = jwt.encode({"alg": "ES384", "kid": es_record.kid, "typ": "at+jwt"}, {**claims, "exp": 1000},
+                         server_keys.import_key(es_record), algorithms=["ES384"])
     with pytest.raises(InvalidToken):
         verify_access_token(expired, live, issuer=FHIR, audience=FHIR)
+    # signed RS256 by the server's own id token key: a valid signature, but not an access token algorithm
+    rs_record = next(r for r in await store.keys() if r.alg == "RS256")
+    id_signed = jwt.encode({"alg": "RS256", "kid": rs_record.kid, "typ": "at+jwt"}, claims,
+                           server_keys.import_key(rs_record), algorithms=["RS256"])
+    with pytest.raises(InvalidToken):
+        verify_access_token(id_signed, live, issuer=FHIR, audience=FHIR)
 
 
 async def test_key_rotation_keeps_old_tokens_valid(smart):
     http, store, keys = smart
     before = (await backend_token(http, keys["es"], "backend-es")).json()["access_token"]
-    old_kids = {k["kid"] for k in (await http.get(AUTH + "/jwks")).json()["keys"]}
+    old = {k["kid"]: k["alg"] for k in (await http.get(AUTH + "/jwks")).json()["keys"]}
+    assert sorted(old.values()) == ["ES384", "RS256"]
     new = await server_keys.rotate(store, "ES384")
     ring = server_keys.KeyRing(store, "ES384", 3600)
-    published = {k["kid"] for k in (await ring.jwks())["keys"]}
-    assert published == old_kids | {new.kid}
     _, signer = await ring.signer()
-    assert signer.kid == new.kid
+    _, id_signer = await ring.signer("RS256")  # the id tokens' key rotates with it
+    assert signer.kid == new.kid and id_signer.alg == "RS256" and id_signer.kid not in old
+    published = {k["kid"] for k in (await ring.jwks())["keys"]}
+    assert published == set(old) | {new.kid, id_signer.kid}
     assert verify_access_token(before, await ring.verifier(), issuer=FHIR, audience=FHIR)
     # a key retired longer ago than any token lives is no longer published
     gone = server_keys.KeyRing(store, "ES384", -10_000)
-    assert {k["kid"] for k in (await gone.jwks())["keys"]} == {new.kid}
+    assert {k["kid"] for k in (await gone.jwks())["keys"]} == {new.kid, id_signer.kid}

@@ -252,12 +252,16 @@ def _prepare(database_url: str, tmp_path: Path, redirect_uri: str) -> None:
         pool.submit(asyncio.run, work()).result()
 
 
+#: the CTMS fhirContext role of a study site (README "Authorization (SMART)")
+SITE_ROLE = "http://fhir-ctms.org/fhir/fhir-context-role/site"
+
+
 def _ehr_launch(server_url: str, patient: str, client_id: str = APP_ID) -> str:
     """What the EHR does: post the context, get the handle it passes to the app."""
     r = httpx.post(server_url.rsplit("/fhir", 1)[0] + "/auth/launch", auth=("ehr-gb01", EHR_SECRET), json={
         "patient": patient, "client_id": client_id,
         "fhirContext": [{"reference": f"ResearchStudy/{STUDY}"},
-                        {"reference": f"ResearchStudy/{SITE}", "role": "site"}]})
+                        {"reference": f"ResearchStudy/{SITE}", "role": SITE_ROLE}]})
     assert r.status_code == 201, r.text
     return r.json()["launch"]
 
@@ -327,7 +331,10 @@ def _setup(live_server, fresh_database_url, app_server, tmp_path, *, same_origin
     app = app_server()
     database_url = fresh_database_url()
     _prepare(database_url, tmp_path, app.url + "/index.html")
-    server = live_server(database_url=database_url, FHIR_CTMS_AUTH_ENABLED="true")
+    # same origin: the app's server is a reverse proxy in front of the FHIR server, which must then
+    # be told its public base URL (it refuses a Host that does not name it: README "Configuration")
+    env = {"FHIR_CTMS_PUBLIC_BASE_URL": app.url + "/fhir"} if same_origin else {}
+    server = live_server(database_url=database_url, FHIR_CTMS_AUTH_ENABLED="true", **env)
     upstream = urlsplit(server.url)
     if same_origin:
         app.upstream = (upstream.hostname, upstream.port)
@@ -352,7 +359,7 @@ def test_ehr_launch_with_the_javascript_client(live_server, fresh_database_url, 
     # the launch context, as the token response carried it
     assert result["patient"] == PATIENT_1 and result["token"]["patient"] == PATIENT_1
     assert result["token"]["fhirContext"] == [{"reference": f"ResearchStudy/{STUDY}"},
-                                              {"reference": f"ResearchStudy/{SITE}", "role": "site"}]
+                                              {"reference": f"ResearchStudy/{SITE}", "role": SITE_ROLE}]
     assert set(result["token"]["scope"].split()) == set(APP_SCOPES.split())
     assert result["user"] == "Practitioner/crc-gb01"
     assert result["idTokenFhirUser"] == f"{iss}/Practitioner/crc-gb01"

@@ -17,6 +17,12 @@ A wrong username or password at ``/auth/login``, a login refused by throttling, 
 ``invalid_client`` or ``invalid_grant`` at the endpoints where clients authenticate, are audited
 (an AuditEvent per failure, written as the FHIR API's refusals are: ``audit.records.security_event``).
 
+Where the server is (the issuer, the endpoints): ``FHIR_CTMS_PUBLIC_BASE_URL``; without it, the
+request's ``Host`` only when it names the address the server itself was reached at (the ASGI
+``server``, loopback names counting as one), else 421 Misdirected Request: a forged ``Host``
+can neither poison discovery nor make a client assertion's ``aud`` check accept another
+server's URL (behind a proxy, set the public base URL).
+
 The browser forms are protected against CSRF by a double-submit cookie (``SameSite=Lax``,
 ``HttpOnly``): each form carries the cookie's value, and the signed ticket is bound to it.
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 import json
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -57,20 +64,49 @@ def _server(request: Request) -> flows.AuthServer:
 
 
 def _endpoints(request: Request) -> Endpoints:
+    """The issuer and endpoints: the public base URL, else from a ``Host`` naming this server
+    (``OAuthError`` 421 for any other ``Host``)."""
     settings = request.app.state.fhir.settings
     if settings.public_base_url:
         return Endpoints(settings.public_base_url.rstrip("/"))
     scope = request.scope
+    scheme = scope.get("scheme", "http")
+    server = scope.get("server")
     host = request.headers.get("host")
     if host is None:
-        server = scope.get("server")
         host = f"{server[0]}:{server[1]}" if server else "localhost"
-    return Endpoints(f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}/fhir")
+    elif not own_host(host, server, scheme):
+        raise OAuthError("invalid_request", f"the Host {host[:100]!r} is not this server's address; behind a proxy "
+                         "or under another name, set FHIR_CTMS_PUBLIC_BASE_URL", 421)
+    return Endpoints(f"{scheme}://{host}{scope.get('root_path', '')}/fhir")
+
+
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def own_host(host: str, server: Any, scheme: str = "http") -> bool:
+    """Whether a ``Host`` header names the address the request reached (``server``: the ASGI
+    scope's ``(host, port)``); ``localhost``, ``127.0.0.1`` and ``::1`` are one address."""
+    if not server or len(server) != 2:
+        return False
+    default = 443 if scheme in ("https", "wss") else 80
+    try:
+        parts = urlsplit("//" + host)
+        name, port = parts.hostname, parts.port or default
+    except ValueError:
+        return False
+    if not name or parts.username is not None or parts.path or parts.query or parts.fragment:
+        return False
+    own = str(server[0]).lower().strip("[]")
+    same = name == own or (name in _LOOPBACK and (own in _LOOPBACK or own.startswith("127.")))
+    return same and port == (int(server[1]) if server[1] is not None else default)
 
 
 def _oauth_error(exc: OAuthError) -> JSONResponse:
     headers = dict(_NO_STORE)
-    if exc.status == 401:
+    if exc.error in ("invalid_token", "insufficient_scope"):  # a bearer token refused (RFC 6750 3)
+        headers["WWW-Authenticate"] = f'Bearer realm="fhir-ctms", error="{exc.error}"'
+    elif exc.status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="fhir-ctms"'
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
@@ -113,13 +149,20 @@ def _with_cookie(response: Response, request: Request, token: str, new: bool) ->
 
 @router.get("/fhir/.well-known/smart-configuration")
 async def smart_config(request: Request) -> JSONResponse:
-    return JSONResponse(smart_configuration(_endpoints(request)), headers={"Cache-Control": "max-age=300"})
+    try:
+        ep = _endpoints(request)
+    except OAuthError as exc:
+        return _oauth_error(exc)
+    return JSONResponse(smart_configuration(ep), headers={"Cache-Control": "max-age=300"})
 
 
 @router.get("/fhir/.well-known/openid-configuration")
 async def openid_config(request: Request) -> JSONResponse:
-    alg = request.app.state.fhir.settings.auth_signing_alg
-    return JSONResponse(openid_configuration(_endpoints(request), alg), headers={"Cache-Control": "max-age=300"})
+    try:
+        ep = _endpoints(request)
+    except OAuthError as exc:
+        return _oauth_error(exc)
+    return JSONResponse(openid_configuration(ep), headers={"Cache-Control": "max-age=300"})
 
 
 @router.get("/auth/jwks")
@@ -129,9 +172,9 @@ async def jwks(request: Request) -> JSONResponse:
 
 @router.api_route("/auth/authorize", methods=["GET", "POST"])
 async def authorize(request: Request) -> Response:
-    ep = _endpoints(request)
     server = _server(request)
     try:
+        ep = _endpoints(request)
         if request.method == "POST":
             params = await _form(request)
         else:
@@ -144,7 +187,8 @@ async def authorize(request: Request) -> Response:
     except flows.AuthorizeError as exc:
         return RedirectResponse(exc.location(), status_code=303 if request.method == "POST" else 302)
     except (PageError, OAuthError) as exc:
-        return _html(pages.error(str(exc) if isinstance(exc, PageError) else exc.description), 400)
+        return _html(pages.error(str(exc) if isinstance(exc, PageError) else exc.description),
+                     exc.status if isinstance(exc, OAuthError) else 400)
     csrf, new = _csrf(request)
     ticket = await server.ticket(pending, csrf)
     page = pages.login(ep.auth + "/login", ticket, csrf, pending.client_id)
@@ -161,12 +205,12 @@ async def _ticket(request: Request, server: flows.AuthServer) -> tuple[dict[str,
 
 @router.post("/auth/login")
 async def login(request: Request) -> Response:
-    ep = _endpoints(request)
     server = _server(request)
     try:
+        ep = _endpoints(request)
         form, pending, csrf = await _ticket(request, server)
     except (PageError, OAuthError) as exc:
-        return _html(pages.error(str(exc)), 400)
+        return _html(pages.error(str(exc)), exc.status if isinstance(exc, OAuthError) else 400)
     username = form.get("username", "")
     try:
         user = await server.login(username, form.get("password", ""), _address(request))
@@ -199,26 +243,28 @@ def _consent(ep: Endpoints, pending: flows.Pending, ticket: str, csrf: str, pati
 
 @router.post("/auth/consent")
 async def consent(request: Request) -> Response:
-    ep = _endpoints(request)
     server = _server(request)
     try:
+        ep = _endpoints(request)
         form, pending, csrf = await _ticket(request, server)
         user = await server.store.user(pending.username or "")
         if user is None:
             raise PageError("Not signed in: start again from the application.")
     except (PageError, OAuthError) as exc:
-        return _html(pages.error(str(exc)), 400)
+        return _html(pages.error(str(exc)), exc.status if isinstance(exc, OAuthError) else 400)
     if form.get("decision") != "allow":
         return RedirectResponse(server.deny(pending), status_code=303)
     try:
         location = await server.approve(pending, user, form.get("patient"), ep)
+    except flows.AuthorizeError as exc:  # back to the app (a spent launch, a patient the user may not open)
+        return RedirectResponse(exc.location(), status_code=303)
     except OAuthError as exc:
         return _html(_consent(ep, pending, form["ticket"], csrf, user.patients, exc.description), 400)
     return RedirectResponse(location, status_code=303)
 
 
 #: the OAuth errors that are failed authentications (of the client, or of the grant it presents)
-AUDITED_ERRORS = frozenset({"invalid_client", "invalid_grant"})
+AUDITED_ERRORS = frozenset({"invalid_client", "invalid_grant", "invalid_token"})
 
 
 async def _audit_failure(request: Request, user: str | None, client: str | None, detail: str) -> None:
@@ -237,11 +283,14 @@ async def _audit_failure(request: Request, user: str | None, client: str | None,
 async def _refused(request: Request, exc: OAuthError, form: dict[str, str]) -> JSONResponse:
     """The OAuth error response; a failed client or grant authentication is audited first."""
     if exc.error in AUDITED_ERRORS:
+        authorization = request.headers.get("authorization") or ""
         try:
-            creds = credentials(form, request.headers.get("authorization"))
+            creds = credentials(form, authorization)
             client = creds.client_id or claimed(creds.assertion)[0]
         except OAuthError:
             client = form.get("client_id")
+        if client is None and authorization[:7].lower() == "bearer ":  # a refused bearer token: whose it said
+            client = claimed(authorization[7:].strip())[1]
         await _audit_failure(request, None, client,
                              f"{request.url.path}: {exc.error}: {exc.description}"[:1024])
     return _oauth_error(exc)

@@ -8,9 +8,15 @@ Three kinds of client (SMART App Launch 2.2, client-authentication):
 - ``confidential-asymmetric``: ``private_key_jwt`` (RFC 7523): a client assertion signed RS384 or
   ES384 with a key of the client's registered JWK Set (or its ``jwks_uri``), selected by
   ``kid``; ``iss`` = ``sub`` = client_id, ``aud`` = the endpoint, ``exp`` at most five minutes
-  ahead, and a ``jti`` never seen before (remembered in the database until it expires).
+  ahead, ``nbf`` (if any) not in the future (RFC 7523 3), and a ``jti`` never seen before
+  (remembered in the database until it expires). A header that points at keys (``jku``,
+  ``x5u``, ``jwk``, ``x5c``) is refused: keys come from the registration only (there is no
+  allow-list of key URLs).
 
-Every failure is ``invalid_client`` (401) and says no more than needed.
+Every failed authentication is ``invalid_client`` (401) and says no more than needed; a
+``client_assertion_type`` other than RFC 7523's, or an assertion type without an assertion, is
+a malformed request: ``invalid_request`` (400, RFC 6749 5.2; what Inferno's backend services
+tests expect).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from .passwords import verify_secret
 from .tokens import LEEWAY
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: JOSE header parameters that name keys: never followed (RFC 7515 4.1.2-4.1.6; RFC 8725 3.10)
+KEY_HEADERS = ("jku", "x5u", "jwk", "x5c")
 KINDS = ("public", "confidential-symmetric", "confidential-asymmetric")
 #: an allowed scope that lets a confidential client (an EHR) create launch handles; it is not a
 #: SMART scope, so it is never granted in a token
@@ -64,8 +72,10 @@ def credentials(form: Mapping[str, str], authorization: str | None) -> Credentia
             raise OAuthError("invalid_request", "client_id differs from the Basic credentials")
         return Credentials(client_id, "client_secret_basic", secret=unquote(password.replace("+", " ")))
     if form.get("client_assertion_type") is not None or form.get("client_assertion") is not None:
-        if form.get("client_assertion_type") != ASSERTION_TYPE or not form.get("client_assertion"):
-            raise OAuthError("invalid_client", f"client_assertion_type must be {ASSERTION_TYPE}")
+        if form.get("client_assertion_type") != ASSERTION_TYPE:
+            raise OAuthError("invalid_request", f"client_assertion_type must be {ASSERTION_TYPE}")
+        if not form.get("client_assertion"):
+            raise OAuthError("invalid_request", "client_assertion is required with client_assertion_type")
         return Credentials(form.get("client_id"), "private_key_jwt", assertion=form["client_assertion"])
     if form.get("client_secret") is not None:
         return Credentials(form.get("client_id"), "client_secret_post", secret=form["client_secret"])
@@ -125,6 +135,9 @@ class ClientAuth:
             raise OAuthError("invalid_client", "the client assertion is not a JWT") from exc
         if header.get("alg") not in ALGORITHMS:
             raise OAuthError("invalid_client", "client assertions must be signed RS384 or ES384")
+        if any(name in header for name in KEY_HEADERS):
+            raise OAuthError("invalid_client", "the assertion's header names keys (jku, x5u, jwk or x5c): "
+                                               "only the registered keys are used")
         client_id = unverified.get("iss") if isinstance(unverified, dict) else None
         if not isinstance(client_id, str) or (creds.client_id and creds.client_id != client_id):
             raise OAuthError("invalid_client", "the assertion's iss is not the client")
@@ -152,6 +165,9 @@ class ClientAuth:
             raise OAuthError("invalid_client", "the assertion has expired")
         if exp > now + self.max_lifetime + LEEWAY:
             raise OAuthError("invalid_client", f"the assertion's exp is more than {self.max_lifetime} s ahead")
+        nbf = claims.get("nbf")
+        if nbf is not None and (not isinstance(nbf, int) or nbf > now + LEEWAY):
+            raise OAuthError("invalid_client", "the assertion is not valid yet (nbf)")
         if not isinstance(jti, str) or not jti or len(jti) > 255:
             raise OAuthError("invalid_client", "the assertion has no jti")
         if not await self.store.remember_jti(client_id, jti, exp + LEEWAY, now):

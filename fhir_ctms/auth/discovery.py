@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .keys import ALGORITHMS
+from .keys import ALGORITHMS, ID_TOKEN_ALG
 
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 CAPABILITIES = (
@@ -86,8 +86,9 @@ def smart_configuration(ep: Endpoints) -> dict[str, Any]:
     }
 
 
-def openid_configuration(ep: Endpoints, alg: str) -> dict[str, Any]:
-    """OpenID Connect discovery (``sso-openid-connect``): what an app needs to check id tokens."""
+def openid_configuration(ep: Endpoints) -> dict[str, Any]:
+    """OpenID Connect discovery (``sso-openid-connect``): what an app needs to check id tokens,
+    which are signed RS256 (SMART App Launch 2.2: the EHR SHALL support RSA SHA-256)."""
     return {
         "issuer": ep.issuer,
         "jwks_uri": ep.jwks,
@@ -95,7 +96,7 @@ def openid_configuration(ep: Endpoints, alg: str) -> dict[str, Any]:
         "token_endpoint": ep.token,
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": [alg],
+        "id_token_signing_alg_values_supported": [ID_TOKEN_ALG],
         "scopes_supported": ["openid", "fhirUser", "profile"],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "fhirUser"],
         "code_challenge_methods_supported": ["S256"],

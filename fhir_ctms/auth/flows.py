@@ -4,10 +4,17 @@
   (client, exact redirect URI, ``response_type=code``, ``state``, ``aud`` = the FHIR base, PKCE
   S256, the scopes, an EHR ``launch`` handle) and returns the pending authorization; after the
   user logs in and consents, :meth:`AuthServer.approve` makes the code (single use, short-lived).
-- token (RFC 6749 4.1.3, 6, SMART backend services): ``authorization_code`` (PKCE verified),
-  ``refresh_token`` (rotated on every use; a rotated token used again revokes its whole family),
-  ``client_credentials`` (``private_key_jwt`` clients, ``system/`` scopes only).
-- introspection (RFC 7662), revocation (RFC 7009), EHR launch handles.
+- token (RFC 6749 4.1.3, 6, SMART backend services): ``authorization_code`` (PKCE verified; a
+  code used twice revokes every token it gave, access tokens too), ``refresh_token`` (rotated on
+  every use; a rotated token used again revokes its whole family; a narrowed ``scope`` stays
+  narrowed for the later refreshes), ``client_credentials`` (``private_key_jwt`` clients,
+  ``system/`` scopes only, tokens of at most ``auth_backend_token_lifetime`` seconds).
+- id tokens (``openid``, with or without ``fhirUser``/``profile``) signed RS256.
+- introspection (RFC 7662, SMART token-introspection: every launch context parameter of the
+  token response; the caller authenticates as a confidential client, or with an appropriately
+  scoped bearer token, :meth:`AuthServer.introspection_caller`), revocation (RFC 7009), EHR
+  launch handles (single use: spent when the code is issued; the user must be allowed the
+  launch's patient).
 
 A user's ``user/`` scopes are narrowed to what its roles allow (``auth/roles.py``) when it signs
 in (so the consent page shows what can be granted), and again with its current roles when the
@@ -42,11 +49,12 @@ from .clients import LAUNCH_ISSUER, ClientAuth, credentials
 from .discovery import Endpoints
 from .errors import OAuthError, PageError
 from .external import ExternalIssuers
-from .keys import KeyRing
+from .keys import ID_TOKEN_ALG, KeyRing
 from .passwords import verify_secret
 from .roles import role_map
 from .throttle import LoginThrottle
-from .tokens import ACCESS_TYP, InvalidToken, access_claims, decode, kid_of, sign, verify_access
+from .tokens import (ACCESS_TYP, CONTEXT_CLAIMS, LEEWAY, InvalidToken, access_claims, decode, kid_of, sign,
+                     unverified_claims, verify_access)
 
 TICKET_TYP = "fhir-ctms-authz+jwt"
 TICKET_LIFETIME = 600
@@ -85,6 +93,7 @@ class Pending:
     launch: dict[str, Any]          # the EHR launch context, if any
     nonce: str | None = None
     username: str | None = None     # once logged in
+    launch_id: str | None = None    # the EHR launch handle's digest (spent when the code is issued)
 
     @property
     def scopes(self) -> sc.Scopes:
@@ -136,6 +145,7 @@ class AuthServer:
             raise fail("invalid_scope", "scope is required")
         granted = sc.grant(asked, sc.parse(client.scopes), contexts=("patient", "user"))
         launch: dict[str, Any] = {}
+        launch_id: str | None = None
         if "launch" in granted:
             handle = params.get("launch")
             found = await self.store.launch(digest(handle)) if handle else None
@@ -143,11 +153,12 @@ class AuthServer:
                 raise fail("invalid_request", "the launch parameter is missing, unknown or expired")
             if found[0] not in (None, client.client_id):
                 raise fail("invalid_request", "the launch is for another application")
-            launch = found[1]
+            launch, launch_id = found[1], digest(handle or "")
         if not granted.resources and not granted.smart:
             raise fail("invalid_scope", "none of the requested scopes can be granted to this client")
         nonce = params.get("nonce")
-        return Pending(client.client_id, redirect_uri, state, challenge, str(granted), launch, nonce)
+        return Pending(client.client_id, redirect_uri, state, challenge, str(granted), launch, nonce,
+                       launch_id=launch_id)
 
     async def ticket(self, pending: Pending, csrf: str) -> str:
         key, record = await self.ring.signer()
@@ -192,13 +203,25 @@ class AuthServer:
         (an :class:`AuthorizeError` back to the app when nothing is left)."""
         try:
             scope = self.narrow(pending.scope, user)
+            self._check_launch_patient(pending, user)
         except OAuthError as exc:
             raise AuthorizeError(exc.error, exc.description, pending.redirect_uri, pending.state) from exc
         return Pending(**{**pending.__dict__, "scope": scope, "username": user.username})
 
+    @staticmethod
+    def _check_launch_patient(pending: Pending, user: UserRecord) -> None:
+        """An EHR launch's patient must be one the user may open (a user with no patient list: any)."""
+        patient = pending.launch.get("patient") if "launch" in pending.scopes else None
+        if patient and user.patients and patient not in user.patients:
+            raise OAuthError("access_denied", "the signed-in user may not open the launch's patient")
+
     async def approve(self, pending: Pending, user: UserRecord, patient: str | None, ep: Endpoints) -> str:
         """The redirect to the app with a new code (``patient``: the one picked, if needed)."""
         pending = Pending(**{**pending.__dict__, "scope": self.narrow(pending.scope, user)})  # roles now
+        try:
+            self._check_launch_patient(pending, user)
+        except OAuthError as exc:
+            raise AuthorizeError(exc.error, exc.description, pending.redirect_uri, pending.state) from exc
         scopes = pending.scopes
         context: dict[str, Any] = {}
         if "launch" in scopes:
@@ -216,6 +239,10 @@ class AuthServer:
         grant = {"scope": pending.scope, "sub": user.username, "fhirUser": user.fhir_user, "context": context,
                  "redirect_uri": pending.redirect_uri, "challenge": pending.challenge, "nonce": pending.nonce,
                  "auth_time": int(time.time()), "family": uuid.uuid4().hex}
+        if pending.launch_id is not None and "launch" in scopes \
+                and not await self.store.use_launch(pending.launch_id, int(time.time())):
+            raise AuthorizeError("invalid_request", "the launch was used before or has expired",
+                                 pending.redirect_uri, pending.state)
         code = secrets.token_urlsafe(32)
         await self.store.put_code(digest(code), pending.client_id, grant,
                                   int(time.time()) + self.settings.auth_code_lifetime)
@@ -248,7 +275,7 @@ class AuthServer:
             raise OAuthError("invalid_grant", "unknown authorization code")
         grant = stored.grant
         if not first:  # RFC 6749 4.1.2: a code used twice revokes what it was exchanged for
-            await self.store.revoke_family(grant["family"])
+            await self.end_grant(grant["family"])
             raise OAuthError("invalid_grant", "the authorization code was used before")
         if stored.expires < time.time():
             raise OAuthError("invalid_grant", "the authorization code has expired")
@@ -270,22 +297,35 @@ class AuthServer:
         if stored is None or stored.client_id != client.client_id:
             raise OAuthError("invalid_grant", "unknown refresh token")
         if stored.state == "rotated":  # a stolen copy or a replay: end the whole grant
-            await self.store.revoke_family(stored.family)
+            await self.end_grant(stored.family)
             raise OAuthError("invalid_grant", "the refresh token was used before; the grant is revoked")
         if stored.state != "active" or stored.expires < time.time():
             raise OAuthError("invalid_grant", "the refresh token is revoked or expired")
-        scope = stored.grant["scope"]
+        grant = stored.grant
+        scope = grant["scope"]
         if form.get("scope"):
             asked = sc.parse(form["scope"])
             if not sc.covers(sc.parse(scope), asked):
                 raise OAuthError("invalid_scope", "a refresh cannot widen the original grant")
             scope = str(asked)
-        user = await self._user(stored.grant)
+            # SMART: a refresh token holds the same or fewer claims than its access token, so the
+            # narrowed scope is the grant from now on (keeping the refresh token's own permission,
+            # offline_access or online_access, so the rotated token is of the same kind)
+            kept = [s for s in ("offline_access", "online_access") if s in sc.parse(grant["scope"]) and s not in asked]
+            grant = {**grant, "scope": " ".join([scope, *kept])}
+        user = await self._user(grant)
         scope = self.narrow(scope, user)  # the user's roles now: one taken away narrows the new token
         if not await self.store.retire_refresh(digest(token)):  # lost a race with another use
-            await self.store.revoke_family(stored.family)
+            await self.end_grant(stored.family)
             raise OAuthError("invalid_grant", "the refresh token was used before; the grant is revoked")
-        return await self._issue(client, stored.grant, ep, scope, new_refresh=True, roles=user.roles)
+        return await self._issue(client, grant, ep, scope, new_refresh=True, roles=user.roles)
+
+    async def end_grant(self, family: str) -> None:
+        """Revoke every token of one authorization: its refresh tokens, and its access tokens (by
+        their ``grant_id``, until the last of them has expired)."""
+        await self.store.revoke_family(family)
+        now = int(time.time())
+        await self.store.revoke_access(f"grant:{family}", now + self.settings.auth_access_token_lifetime + LEEWAY, now)
 
     async def _user(self, grant: dict[str, Any]) -> UserRecord:
         """The user a code or refresh token was granted to, as it is now."""
@@ -305,11 +345,13 @@ class AuthServer:
         if not granted.resources:
             raise OAuthError("invalid_scope", "none of the requested system/ scopes can be granted")
         grant = {"scope": str(granted), "sub": client.client_id, "context": {}}
-        return await self._issue(client, grant, ep, grant["scope"], new_refresh=False)
+        lifetime = min(self.settings.auth_backend_token_lifetime, self.settings.auth_access_token_lifetime)
+        return await self._issue(client, grant, ep, grant["scope"], new_refresh=False, lifetime=lifetime)
 
     async def _issue(self, client: ClientRecord, grant: dict[str, Any], ep: Endpoints, scope: str,
-                     new_refresh: bool, roles: tuple[str, ...] = ()) -> dict[str, Any]:
+                     new_refresh: bool, roles: tuple[str, ...] = (), lifetime: int | None = None) -> dict[str, Any]:
         s = self.settings
+        lifetime = lifetime or s.auth_access_token_lifetime
         scopes = sc.parse(scope)
         context = dict(grant.get("context") or {})
         fhir_user = grant.get("fhirUser")
@@ -317,20 +359,21 @@ class AuthServer:
             context["fhirUser"] = f"{ep.issuer}/{fhir_user}"
         key, record = await self.ring.signer()
         claims = access_claims(issuer=ep.issuer, audience=ep.issuer, client_id=client.client_id,
-                               subject=grant["sub"], scope=scope, lifetime=s.auth_access_token_lifetime,
-                               context=context, roles=roles)
+                               subject=grant["sub"], scope=scope, lifetime=lifetime,
+                               context=context, roles=roles, grant_id=grant.get("family"))
         out: dict[str, Any] = {"access_token": sign(key, record.kid, record.alg, claims, ACCESS_TYP),
-                               "token_type": "Bearer", "expires_in": s.auth_access_token_lifetime, "scope": scope}
+                               "token_type": "Bearer", "expires_in": lifetime, "scope": scope}
         out.update({k: v for k, v in context.items() if k in _RESPONSE_KEYS})
-        if "openid" in scopes and ("fhirUser" in scopes or "profile" in scopes):
+        if "openid" in scopes:  # OpenID Connect Core 3.1.3.3: openid alone asks for an id token
             now = int(time.time())
             id_claims = {"iss": ep.issuer, "sub": grant["sub"], "aud": client.client_id, "iat": now,
-                         "exp": now + s.auth_access_token_lifetime, "auth_time": grant.get("auth_time", now)}
+                         "exp": now + lifetime, "auth_time": grant.get("auth_time", now)}
             if context.get("fhirUser"):
                 id_claims["fhirUser"] = context["fhirUser"]
             if grant.get("nonce"):
                 id_claims["nonce"] = grant["nonce"]
-            out["id_token"] = sign(key, record.kid, record.alg, id_claims, "JWT")
+            id_key, id_record = await self.ring.signer(ID_TOKEN_ALG)  # SMART: RS256 id tokens
+            out["id_token"] = sign(id_key, id_record.kid, id_record.alg, id_claims, "JWT")
         original = sc.parse(grant["scope"])
         if new_refresh and ("offline_access" in original or "online_access" in original):
             lifetime = s.auth_offline_refresh_lifetime if "offline_access" in original else s.auth_online_refresh_lifetime
@@ -342,12 +385,38 @@ class AuthServer:
 
     # -- introspection and revocation ------------------------------------------------------------
 
-    async def introspect(self, form: Mapping[str, str], authorization: str | None,
-                         ep: Endpoints) -> dict[str, Any]:
+    async def introspection_caller(self, form: Mapping[str, str], authorization: str | None,
+                                   ep: Endpoints) -> str:
+        """The client id of the caller of the introspection endpoint, which authenticates either as
+        a confidential client (a secret or a client assertion) or, as SMART token-introspection
+        permits, with an *appropriately scoped* bearer token: an access token of this server,
+        valid and not revoked, issued to a registered confidential client (a SMART app's or a
+        backend service's) and carrying at least one ``system/`` or ``user/`` scope (a token with
+        ``patient/`` scopes only, or of a public client, may not introspect: 403
+        ``insufficient_scope``). A bearer token that does not verify is 401 ``invalid_token``."""
+        if authorization and authorization[:7].lower() == "bearer ":
+            if form.get("client_secret") is not None or form.get("client_assertion") is not None:
+                raise OAuthError("invalid_request", "use one client authentication method, not a bearer token too")
+            try:
+                g = await verify_access(authorization[7:].strip(), self.ring, self.store,
+                                        issuer=ep.issuer, audience=ep.issuer)
+            except InvalidToken as exc:
+                raise OAuthError("invalid_token", str(exc), 401) from exc
+            client = await self.store.client(g.client_id)
+            if client is None or client.kind == "public":
+                raise OAuthError("insufficient_scope", "introspection needs the token of a confidential client", 403)
+            if not any(r.context in ("system", "user") for r in g.scopes.resources):
+                raise OAuthError("insufficient_scope", "introspection needs a token with a system/ or user/ scope", 403)
+            return client.client_id
         creds = credentials(form, authorization)
         if creds.method == "none":
-            raise OAuthError("invalid_client", "introspection needs an authenticated (confidential) client")
-        caller = await self.clients.authenticate(creds, (ep.token, ep.introspect))
+            raise OAuthError("invalid_client", "introspection needs an authenticated (confidential) client "
+                                               "or a bearer token")
+        return (await self.clients.authenticate(creds, (ep.token, ep.introspect))).client_id
+
+    async def introspect(self, form: Mapping[str, str], authorization: str | None,
+                         ep: Endpoints) -> dict[str, Any]:
+        caller = await self.introspection_caller(form, authorization, ep)
         token = form.get("token")
         if not token:
             raise OAuthError("invalid_request", "token is required")
@@ -355,18 +424,19 @@ class AuthServer:
             g = await verify_access(token, self.ring, self.store, issuer=ep.issuer, audience=ep.issuer)
         except InvalidToken:
             stored = await self.store.refresh(digest(token))
-            if (stored is None or stored.client_id != caller.client_id or stored.state != "active"
+            if (stored is None or stored.client_id != caller or stored.state != "active"
                     or stored.expires < time.time()):
                 return {"active": False}
-            return {"active": True, "token_type": "refresh_token", "client_id": stored.client_id,
-                    "scope": stored.grant["scope"], "exp": stored.expires, "sub": stored.grant["sub"]}
-        out: dict[str, Any] = {"active": True, "token_type": "Bearer", "scope": g.scope, "client_id": g.client_id,
-                               "sub": g.subject, "exp": g.expires, "iat": g.issued, "iss": ep.issuer,
-                               "aud": ep.issuer, "jti": g.jti}
-        for name, value in (("patient", g.patient), ("encounter", g.encounter), ("fhirUser", g.fhir_user),
-                            ("fhirContext", list(g.fhir_context)), ("roles", list(g.roles))):
-            if value:
-                out[name] = value
+            out = {"active": True, "token_type": "refresh_token", "client_id": stored.client_id,
+                   "scope": stored.grant["scope"], "exp": stored.expires, "sub": stored.grant["sub"]}
+            out.update({k: v for k, v in (stored.grant.get("context") or {}).items() if k in CONTEXT_CLAIMS})
+            return out
+        out = {"active": True, "token_type": "Bearer", "scope": g.scope, "client_id": g.client_id,
+               "sub": g.subject, "exp": g.expires, "iat": g.issued, "iss": ep.issuer, "aud": ep.issuer, "jti": g.jti}
+        claims = unverified_claims(token) or {}  # verified above: its launch context, as in the token response
+        out.update({k: claims[k] for k in CONTEXT_CLAIMS if k in claims})
+        if g.roles:
+            out["roles"] = list(g.roles)
         return out
 
     async def revoke(self, form: Mapping[str, str], authorization: str | None, ep: Endpoints) -> None:
@@ -376,8 +446,8 @@ class AuthServer:
             raise OAuthError("invalid_request", "token is required")
         stored = await self.store.refresh(digest(token))
         if stored is not None:
-            if stored.client_id == client.client_id:
-                await self.store.revoke_family(stored.family)
+            if stored.client_id == client.client_id:  # RFC 7009 2.1: its access tokens too
+                await self.end_grant(stored.family)
             return
         try:
             g = await verify_access(token, self.ring, self.store, issuer=ep.issuer, audience=ep.issuer)
@@ -407,14 +477,18 @@ class AuthServer:
 
 
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_LAUNCH_KEYS = ("patient", "encounter", "fhirContext", "need_patient_banner", "smart_style_url", "intent")
+_LAUNCH_KEYS = ("patient", "encounter", "fhirContext", "need_patient_banner", "smart_style_url", "intent", "tenant")
+#: fhirContext roles SMART App Launch 2.2 defines (scopes-and-launch-context): the only relative ones
+SMART_ROLES = frozenset({"launch"})
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s]+")
 _RESPONSE_KEYS = _LAUNCH_KEYS + ("fhirUser",)
 
 
 def launch_context(body: Any) -> dict[str, Any]:
     """The context of an EHR launch, checked: ``patient`` and ``encounter`` ids, ``fhirContext``
-    entries (``reference`` ``Type/id``, ``canonical`` or ``identifier``, optional ``role``),
-    ``need_patient_banner``, ``smart_style_url``, ``intent``."""
+    entries (``reference`` ``Type/id``, ``canonical`` or ``identifier``, optional ``role``: an
+    absolute URI, or a role SMART defines, ``SMART_ROLES``; never empty), ``need_patient_banner``,
+    ``smart_style_url``, ``intent``, ``tenant``."""
     if not isinstance(body, dict):
         raise OAuthError("invalid_request", "the launch context must be a JSON object")
     out: dict[str, Any] = {}
@@ -438,8 +512,14 @@ def launch_context(body: Any) -> dict[str, Any]:
                 rtype, _, rid = ref.partition("/") if isinstance(ref, str) else ("", "", "")
                 if rtype not in RESOURCE_TYPES or not _ID.fullmatch(rid):
                     raise OAuthError("invalid_request", f"fhirContext reference {ref!r} is not Type/id")
+            role = e.get("role")
+            good = isinstance(role, str) and (role in SMART_ROLES or _ABSOLUTE_URI.fullmatch(role))
+            if role is not None and not good:
+                raise OAuthError("invalid_request", f"fhirContext role {role!r} must be an absolute URI (e.g. "
+                                 "http://fhir-ctms.org/fhir/fhir-context-role/site) or a role SMART defines "
+                                 f"({', '.join(sorted(SMART_ROLES))})")
         out["fhirContext"] = entries
-    for name, kind in (("need_patient_banner", bool), ("smart_style_url", str), ("intent", str)):
+    for name, kind in (("need_patient_banner", bool), ("smart_style_url", str), ("intent", str), ("tenant", str)):
         if body.get(name) is not None:
             if not isinstance(body[name], kind):
                 raise OAuthError("invalid_request", f"{name} has the wrong type")

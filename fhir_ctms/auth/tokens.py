@@ -1,9 +1,12 @@
 """The server's JWTs: access tokens (RFC 9068 ``at+jwt``), id tokens, and their verification.
 
 :func:`verify_access_token` is what a resource server calls (part 2 of issue 5): signature by
-``kid`` against the server's live keys (ES384/RS384 only, so ``alg: none`` or an HMAC made with
-a public key never verify), ``typ``, ``exp``, ``iss`` and ``aud``. It returns the grant as a
-plain :class:`AccessGrant`. Revocation (RFC 7009) is a database look-up on top:
+``kid`` against the server's live keys (ES384/RS384 only, so ``alg: none``, an HMAC made with
+a public key, or an RS256 id token never verify), ``typ``, ``exp``, ``iss`` and ``aud``. It
+returns the grant as a plain :class:`AccessGrant`. Revocation (RFC 7009) is a database look-up
+on top (the token's ``jti``, or its whole grant: ``grant_id``, the family of tokens descended
+from one authorization code, revoked when that code is used twice or a rotated refresh token
+is replayed):
 :func:`verify_access` does both, and is the one verification path of the resource server: a
 token whose ``iss`` is a configured external OpenID Connect provider is verified by
 ``auth/external.py`` instead, into the same :class:`AccessGrant`.
@@ -33,6 +36,10 @@ if TYPE_CHECKING:
 ACCESS_TYP = "at+jwt"
 #: clock skew tolerated on ``exp`` and ``iat``, seconds
 LEEWAY = 30
+#: launch context parameters of a token response (SMART App Launch 2.2, scopes-and-launch-context)
+#: carried in the access token, so introspection returns them (SMART token-introspection)
+CONTEXT_CLAIMS = ("patient", "encounter", "fhirUser", "fhirContext", "need_patient_banner", "smart_style_url",
+                  "intent", "tenant")
 
 
 class InvalidToken(Exception):
@@ -55,10 +62,11 @@ class AccessGrant:
     fhir_context: tuple[dict[str, Any], ...] = ()
     roles: tuple[str, ...] = ()                 # the user's roles (auth/roles.py), which narrowed its user/ scopes
     issuer: str | None = None                   # an external provider's; None: this server's own token
+    grant_id: str | None = None                 # the family of tokens of one authorization (revoked together)
 
 
 def sign(key: Any, kid: str, alg: str, claims: dict[str, Any], typ: str = "JWT") -> str:
-    return jwt.encode({"alg": alg, "kid": kid, "typ": typ}, claims, key, algorithms=list(ALGORITHMS))
+    return jwt.encode({"alg": alg, "kid": kid, "typ": typ}, claims, key, algorithms=[alg])
 
 
 def decode(token: str, keys: KeySet, typ: str) -> dict[str, Any]:
@@ -113,14 +121,16 @@ def claimed(token: str | None) -> tuple[str | None, str | None]:
 
 
 def access_claims(*, issuer: str, audience: str, client_id: str, subject: str, scope: str, lifetime: int,
-                  context: dict[str, Any], roles: tuple[str, ...] = ()) -> dict[str, Any]:
+                  context: dict[str, Any], roles: tuple[str, ...] = (), grant_id: str | None = None) -> dict[str, Any]:
     now = int(time.time())
     claims: dict[str, Any] = {"iss": issuer, "aud": audience, "sub": subject, "client_id": client_id,
                               "scope": scope, "iat": now, "exp": now + lifetime, "jti": uuid.uuid4().hex}
     if roles:
         claims["roles"] = list(roles)  # RFC 9068 2.2.3.1
-    for name in ("patient", "encounter", "fhirUser", "fhirContext"):
-        if context.get(name):
+    if grant_id:
+        claims["grant_id"] = grant_id
+    for name in CONTEXT_CLAIMS:
+        if context.get(name) not in (None, "", []):  # need_patient_banner: false is a value
             claims[name] = context[name]
     return claims
 
@@ -142,7 +152,8 @@ def verify_access_token(token: str, keys: KeySet, *, issuer: str, audience: str)
         scopes=scope_parser.parse(scope), scope=scope, expires=claims["exp"], issued=int(claims.get("iat", 0)),
         patient=claims.get("patient"), encounter=claims.get("encounter"), fhir_user=claims.get("fhirUser"),
         fhir_context=tuple(claims.get("fhirContext") or ()),
-        roles=tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else ())
+        roles=tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else (),
+        grant_id=claims["grant_id"] if isinstance(claims.get("grant_id"), str) else None)
 
 
 async def verify_access(token: str, ring: KeyRing, store: AuthStore, *, issuer: str, audience: str,
@@ -156,6 +167,6 @@ async def verify_access(token: str, ring: KeyRing, store: AuthStore, *, issuer: 
             return await external.verify(token)
         raise InvalidToken("the token was issued by an issuer this server does not accept")
     grant = verify_access_token(token, await ring.verifier(kid_of(token)), issuer=issuer, audience=audience)
-    if await store.access_revoked(grant.jti):
+    if await store.access_revoked(grant.jti, *((f"grant:{grant.grant_id}",) if grant.grant_id else ())):
         raise InvalidToken("the token was revoked")
     return grant

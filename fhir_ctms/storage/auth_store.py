@@ -207,6 +207,15 @@ class AuthStore:
             row = (await conn.execute(select(auth_launches).where(auth_launches.c.handle_hash == handle_hash))).first()
         return (row.client_id, json.loads(row.context_json), row.expires) if row is not None else None
 
+    async def use_launch(self, handle_hash: str, now: int) -> bool:
+        """Spend a launch handle (single use): True for the one use that counts, False when it was
+        spent before, or has expired (expired ones go too)."""
+        async with self.engine.begin() as conn:
+            done = await conn.execute(delete(auth_launches).where(auth_launches.c.handle_hash == handle_hash,
+                                                                  auth_launches.c.expires >= now))
+            await conn.execute(delete(auth_launches).where(auth_launches.c.expires < now))
+        return done.rowcount == 1
+
     # -- replay caches --------------------------------------------------------------------------
 
     async def remember_jti(self, client_id: str, jti: str, expires: int, now: int) -> bool:
@@ -227,9 +236,11 @@ class AuthStore:
         except IntegrityError:
             pass  # revoked already
 
-    async def access_revoked(self, jti: str) -> bool:
+    async def access_revoked(self, *ids: str) -> bool:
+        """Whether any of ``ids`` (an access token's ``jti``, ``grant:<family>`` for every token of a
+        grant) is revoked."""
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(auth_revoked.c.jti).where(auth_revoked.c.jti == jti))).first()
+            row = (await conn.execute(select(auth_revoked.c.jti).where(auth_revoked.c.jti.in_(ids)).limit(1))).first()
         return row is not None
 
     # -- the server's signing keys ----------------------------------------------------------------
@@ -241,13 +252,19 @@ class AuthStore:
 
     async def add_key(self, key: KeyRecord, *, retire_others_at: int | None = None) -> None:
         """Store a new signing key; with ``retire_others_at`` every older active key retires then."""
+        await self.add_keys([key], retire_others_at=retire_others_at)
+
+    async def add_keys(self, keys: list[KeyRecord], *, retire_others_at: int | None = None) -> None:
+        """Store new signing keys in one transaction; with ``retire_others_at`` every older active
+        key retires then."""
         async with self.engine.begin() as conn:
             if retire_others_at is not None:
                 await conn.execute(update(auth_keys).where(auth_keys.c.retired.is_(None))
                                    .values(retired=retire_others_at))
-            await conn.execute(insert(auth_keys).values(kid=key.kid, alg=key.alg,
-                                                        private_jwk=json.dumps(key.private_jwk),
-                                                        created=key.created, retired=key.retired))
+            for key in keys:
+                await conn.execute(insert(auth_keys).values(kid=key.kid, alg=key.alg,
+                                                            private_jwk=json.dumps(key.private_jwk),
+                                                            created=key.created, retired=key.retired))
 
 
 def _client(r: Any) -> ClientRecord:

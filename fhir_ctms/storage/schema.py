@@ -168,7 +168,7 @@ auth_jti = Table(
     Column("expires", BigInteger, nullable=False),
 )
 
-auth_revoked = Table(                                     # revoked access tokens, until they expire
+auth_revoked = Table(          # revoked access tokens (a jti, or "grant:<family>": all of a grant's), until they expire
     "auth_revoked", metadata,
     Column("jti", String(64), primary_key=True),
     Column("expires", BigInteger, nullable=False),

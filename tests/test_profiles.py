@@ -193,12 +193,40 @@ def study_visit() -> dict[str, Any]:
     }
 
 
+EVENT = "http://fhir-ctms.org/fhir/CodeSystem/payable-event"
+USAGE = "http://terminology.hl7.org/CodeSystem/usage-context-type"
+
+
+def fee() -> dict[str, Any]:
+    """A fee of a study's schedule (profiles/README.md "Fee schedules and payments"): the
+    randomisation milestone, at most 2 per site, with its detail and its cap."""
+    return {
+        "resourceType": "ChargeItemDefinition", "id": "fee-randomised",
+        "extension": [{"url": C + "payable-event-detail", "valueString": "randomised"},
+                      {"url": C + "per-site-cap", "valuePositiveInt": 2}],
+        "url": "http://fhir-ctms.org/fhir/ChargeItemDefinition/acme-101-fee-randomised", "version": "1",
+        "status": "active", "code": cc(EVENT, "subject-milestone"),
+        "useContext": [{"code": {"system": USAGE, "code": "program"},
+                        "valueReference": {"reference": "ResearchStudy/acme-101"}}],
+        "applicability": [{"effectivePeriod": {"start": "2026-01-01"}}],
+        "propertyGroup": [{"priceComponent": [
+            {"type": "base", "amount": {"value": 1000.0, "currency": "GBP"}},
+            {"type": "deduction", "code": cc(EVENT, "holdback"), "factor": 0.1}]}],
+    }
+
+
+def payments_operation() -> dict[str, Any]:
+    """The OperationDefinition that carries read-only-unless: the server's own $payments."""
+    return json.loads((PROFILES / "OperationDefinition-ResearchStudy-payments.json").read_text())
+
+
 VALID: dict[str, Callable[[], dict[str, Any]]] = {
     "ctms-study": study, "ctms-country": country, "ctms-site": site, "ctms-site-staff": staff,
     "ctms-investigator": investigator, "ctms-subject": subject, "ctms-protocol": protocol,
     "ctms-visit-plan": visit_plan, "ctms-planned-visit": planned_visit, "ctms-study-visit": study_visit,
     # the extensions, each in the resource of its context
     "site-protocol": site, "research-study": staff, "protocol-visit": planned_visit,
+    "payable-event-detail": fee, "per-site-cap": fee, "read-only-unless": payments_operation,
 }
 
 
@@ -519,6 +547,57 @@ CASES: list[tuple[str, Any, Callable[[dict[str, Any]], Any], str, str]] = [
      "Appointment.extension[0].extension", "error"),
     ("protocol-visit", "context", lambda r: put(r, "participant.0.extension", [r["extension"][0]]),
      "Appointment.participant[0].extension[0]", "error"),
+    # the extension payable-event-detail, on a fee
+    ("payable-event-detail", "ctms-payable-event-detail-1", lambda r: put(r, "extension.0.valueString", "randomized"),
+     "ChargeItemDefinition.extension[0]", "error"),
+    ("payable-event-detail", "ctms-payable-event-detail-2", lambda r: put(r, "code", cc(EVENT, "screen-failure")),
+     "ChargeItemDefinition.extension[0]", "error"),
+    ("payable-event-detail", "ctms-payable-event-detail-2", lambda r: put(r, "code", cc(EVENT, "holdback-release")),
+     "ChargeItemDefinition.extension[0]", "error"),
+    ("payable-event-detail", ("min", "Extension.value[x]"),
+     lambda r: put(r, "extension.0", {"url": C + "payable-event-detail",
+                                      "extension": [{"url": "a", "valueString": "x"}]}),
+     "ChargeItemDefinition.extension[0].value[x]", "error"),
+    ("payable-event-detail", ("type", "Extension.value[x]"),
+     lambda r: put(r, "extension.0", {"url": C + "payable-event-detail", "valueCode": "randomised"}),
+     "ChargeItemDefinition.extension[0].valueCode", "error"),
+    ("payable-event-detail", ("max", "Extension.extension"),
+     lambda r: put(r, "extension.0.extension", [{"url": "a", "valueString": "x"}]),
+     "ChargeItemDefinition.extension[0].extension", "error"),
+    ("payable-event-detail", "context", lambda r: put(r, "code.extension", [r["extension"][0]]),
+     "ChargeItemDefinition.code.extension[0]", "error"),
+    # the extension per-site-cap, on a fee
+    ("per-site-cap", ("min", "Extension.value[x]"),
+     lambda r: put(r, "extension.1", {"url": C + "per-site-cap", "extension": [{"url": "a", "valueString": "x"}]}),
+     "ChargeItemDefinition.extension[1].value[x]", "error"),
+    ("per-site-cap", ("type", "Extension.value[x]"),
+     lambda r: put(r, "extension.1", {"url": C + "per-site-cap", "valueInteger": 2}),
+     "ChargeItemDefinition.extension[1].valueInteger", "error"),
+    ("per-site-cap", ("type", "Extension.value[x]"),
+     lambda r: put(r, "extension.1", {"url": C + "per-site-cap", "valueString": "2"}),
+     "ChargeItemDefinition.extension[1].valueString", "error"),
+    ("per-site-cap", ("max", "Extension.extension"),
+     lambda r: put(r, "extension.1.extension", [{"url": "a", "valueString": "x"}]),
+     "ChargeItemDefinition.extension[1].extension", "error"),
+    ("per-site-cap", "context",
+     lambda r: put(r, "propertyGroup.0.priceComponent.0.extension", [r["extension"][1]]),
+     "ChargeItemDefinition.propertyGroup[0].priceComponent[0].extension[0]", "error"),
+    # the extension read-only-unless, on the $payments OperationDefinition
+    ("read-only-unless", "ctms-read-only-unless-1", lambda r: put(r, "extension.0.valueString", "persit"),
+     "OperationDefinition.extension[0]", "error"),
+    ("read-only-unless", "ctms-read-only-unless-1", lambda r: put(r, "extension.0.valueString", "chargeItemsCreated"),
+     "OperationDefinition.extension[0]", "error"),  # an output parameter is no input
+    ("read-only-unless", ("min", "Extension.value[x]"),
+     lambda r: put(r, "extension.0", {"url": C + "read-only-unless", "extension": [{"url": "a", "valueString": "x"}]}),
+     "OperationDefinition.extension[0].value[x]", "error"),
+    ("read-only-unless", ("type", "Extension.value[x]"),
+     lambda r: put(r, "extension.0", {"url": C + "read-only-unless", "valueCode": "persist"}),
+     "OperationDefinition.extension[0].valueCode", "error"),
+    ("read-only-unless", ("max", "Extension.extension"),
+     lambda r: put(r, "extension.0.extension", [{"url": "a", "valueString": "x"}]),
+     "OperationDefinition.extension[0].extension", "error"),
+    ("read-only-unless", "context", lambda r: put(r, "parameter.3.extension", [r["extension"][0]]),
+     "OperationDefinition.parameter[3].extension[0]", "error"),
 ]
 
 
@@ -898,3 +977,39 @@ async def test_site_protocol_and_research_study_are_searchable(client) -> None:
     assert await ids("/ResearchStudy", **{"site-protocol:missing": "false"}) == ["site-uk-01", "site-uk-02"]
     assert await ids("/PractitionerRole", **{"research-study:missing": "true"}) == []
     assert await ids("/PractitionerRole", **{"research-study:ResearchStudy": "site-uk-01"}) == ["pi-uk-01"]
+
+
+# --------------------------------------------------------------------------- the payments extensions
+
+
+def test_payment_extension_invariants_hold_where_the_resource_is_not_theirs() -> None:
+    """The invariants of payable-event-detail and read-only-unless read ``%resource``; inside a
+    collection Bundle the validator's ``%resource`` is the Bundle, where they hold vacuously
+    (the cardinalities and types of the extensions are still checked) rather than failing it."""
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"resource": payments_operation()}, {"resource": fee()}]}
+    assert _issues(bundle) == []
+    bundle["entry"][1]["resource"]["extension"][1] = {"url": C + "per-site-cap", "valueInteger": 2}
+    assert [i.expression for i in _issues(bundle)] == [
+        ("Bundle.entry[1].resource.extension[1].valueInteger",)]
+
+
+async def test_fees_and_operations_are_checked_on_write(client) -> None:
+    bad = fee()
+    bad["extension"][0]["valueString"] = "randomized"
+    r = await client.put("/ChargeItemDefinition/fee-randomised", json=bad)
+    assert r.status_code == 422, r.text
+    assert [i["diagnostics"].split(":")[0] for i in r.json()["issue"]] == ["ctms-payable-event-detail-1"]
+    assert (await client.get("/ChargeItemDefinition/fee-randomised")).status_code == 404
+    bad = fee()
+    bad["extension"][1]["valuePositiveInt"] = 0  # positiveInt: 1 or more
+    assert (await client.put("/ChargeItemDefinition/fee-randomised", json=bad)).status_code == 422
+    r = await client.put("/ChargeItemDefinition/fee-randomised", json=fee())
+    assert r.status_code == 201, r.text
+    op = payments_operation()
+    op["id"] = "typo"
+    op["extension"][0]["valueString"] = "persit"
+    r = await client.put("/OperationDefinition/typo", json=op)
+    assert r.status_code == 422, r.text
+    assert any(i["diagnostics"].startswith("ctms-read-only-unless-1:") for i in r.json()["issue"])
+    assert (await client.get("/OperationDefinition/typo")).status_code == 404

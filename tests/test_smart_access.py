@@ -101,9 +101,15 @@ async def test_a_token_is_required_but_metadata_and_discovery_stay_public(env):
     assert (await http.post("/Patient", json={"resourceType": "Patient"})).status_code == 401
     assert (await http.get("/metadata")).status_code == 200
     assert (await http.get("/.well-known/smart-configuration")).status_code == 200
+    # RFC 6750 3.1: another scheme is no bearer authentication at all (no error code); a malformed
+    # Bearer header is an invalid_request (400)
     basic = await http.get("/Patient", headers={"Authorization": "Basic YTpi"})
     denied(basic, 401)
-    assert 'error="invalid_request"' in basic.headers["www-authenticate"]
+    assert basic.headers["www-authenticate"] == 'Bearer realm="fhir-ctms"'
+    for malformed in ("Bearer", "Bearer ", "Bearer two tokens", "Bearer a,b", "bearer {json}"):
+        r = await http.get("/Patient", headers={"Authorization": malformed})
+        assert r.status_code == 400 and outcome_codes(r) == ["invalid"], (malformed, r.text)
+        assert r.headers["www-authenticate"].startswith('Bearer realm="fhir-ctms", error="invalid_request"')
     good = await mint("user/*.rs")
     assert (await http.get("/Patient/pat-001", headers=good)).status_code == 200
     token = good["Authorization"].split()[1]
@@ -319,10 +325,10 @@ async def test_granular_scope(env):
     # a wider scope on the same type wins
     wide = await mint("user/Observation.rs?category=laboratory user/Observation.rs")
     assert len(ids((await http.get("/Observation", headers=wide)).json())) == 3
+    # two conditions: their union (SMART v2 scopes are additive)
     two = await mint("user/Observation.rs?category=laboratory user/Observation.rs?category=vital-signs")
-    r = await http.get("/Observation", headers=two)
-    denied(r)
-    assert "not supported" in r.json()["issue"][0]["diagnostics"]
+    assert ids((await http.get("/Observation", headers=two)).json()) == [
+        "Observation/obs-1", "Observation/obs-2", "Observation/obs-3"]
 
 
 # -- Bundles -------------------------------------------------------------------------------------
@@ -340,7 +346,8 @@ async def test_transaction_with_a_forbidden_entry_fails_whole(env):
     before = len((await open_.get("/Observation")).json()["entry"])
     for forbidden in (entry("POST", "Practitioner", {"resourceType": "Practitioner"}),  # refused up front
                       entry("POST", "Observation", observation(None, "pat-002")),        # after its write
-                      entry("GET", "Patient/pat-002")):
+                      entry("GET", "Patient/pat-002"),
+                      entry("GET", "ResearchSubject/rs-2")):                          # another patient's
         tx = {"resourceType": "Bundle", "type": "transaction",
               "entry": [entry("POST", "Observation", observation(None, "pat-001")), forbidden]}
         denied(await http.post("", json=tx, headers=h))
@@ -477,3 +484,294 @@ def test_serve_requires_tokens_unless_dev(monkeypatch, args, expected):
     assert seen == {"auth": expected}
     assert cli.get_settings().auth_enabled is (expected == "true")
     cli.get_settings.cache_clear()
+
+
+# -- several granular scopes on one type: the union (SMART v2 scopes are additive) -------------------
+
+VITAL = f"{LAB}|vital-signs"
+LABORATORY = f"{LAB}|laboratory"
+
+
+async def _more_observations(open_) -> None:
+    both = observation("obs-7", "pat-001")
+    both["category"].append({"coding": [{"system": LAB, "code": "vital-signs"}]})
+    for obs in (observation("obs-4", "pat-001", "imaging"), observation("obs-5", "pat-001", "laboratory"),
+                observation("obs-6", "pat-002", "vital-signs"), both):
+        assert (await open_.put(f"/Observation/{obs['id']}", json=obs)).status_code == 201
+
+
+async def _walk(http, url: str, headers: dict, relation: str = "next") -> tuple[list[str], list[dict]]:
+    seen, pages = [], []
+    while url:
+        r = await http.get(url, headers=headers)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        pages.append(page)
+        matches = [e for e in page.get("entry", []) if e.get("search", {"mode": "match"})["mode"] == "match"]
+        assert len(matches) <= 1
+        seen += [e["resource"]["id"] for e in matches]
+        url = next((link["url"] for link in page["link"] if link["relation"] == relation), None)
+    return seen, pages
+
+
+async def test_two_granular_scopes_on_one_type_read_and_search_their_union(env):
+    http, open_, mint, _ = env
+    await _more_observations(open_)
+    h = await mint(f"patient/Observation.rs?category={LABORATORY} patient/Observation.rs?category={VITAL}",
+                   patient="pat-001")
+    for rid in ("obs-1", "obs-2", "obs-5", "obs-7"):
+        assert (await http.get(f"/Observation/{rid}", headers=h)).status_code == 200, rid
+    for rid in ("obs-3", "obs-4", "obs-6"):  # another patient's laboratory and vital signs; imaging
+        denied(await http.get(f"/Observation/{rid}", headers=h))
+    assert (await http.get("/Observation/obs-2/_history/1", headers=h)).status_code == 200
+    denied(await http.get("/Observation/obs-4/_history/1", headers=h))
+    # search: the union, each resource once (obs-7 matches both conditions), _total exact
+    union = ["Observation/obs-1", "Observation/obs-2", "Observation/obs-5", "Observation/obs-7"]
+    assert ids((await http.get("/Observation", headers=h)).json()) == union
+    assert (await http.get("/Observation?_total=accurate", headers=h)).json()["total"] == 4
+    assert (await http.get("/Observation?_summary=count", headers=h)).json()["total"] == 4
+    assert (await http.get("/Observation?_count=0", headers=h)).json()["total"] == 4
+    assert ids((await http.get("/Patient/pat-001/Observation", headers=h)).json()) == union
+    assert ids((await http.get("/Observation?category=vital-signs", headers=h)).json()) == [
+        "Observation/obs-2", "Observation/obs-7"]
+    assert (await http.get("/Observation?category=vital-signs&_total=accurate", headers=h)).json()["total"] == 2
+    assert ids((await http.get("/Observation?category=imaging", headers=h)).json()) == []
+    assert ids((await http.get("/Patient/pat-002/Observation", headers=h)).json()) == []
+    # paging one by one: every resource of the union once, in the search's order, either way
+    seen, pages = await _walk(http, "/Observation?_count=1&_total=accurate", h)
+    assert seen == ["obs-1", "obs-2", "obs-5", "obs-7"] and len(pages) == 4
+    assert all(p["total"] == 4 for p in pages)
+    back, _ = await _walk(http, next(link["url"] for link in pages[-1]["link"] if link["relation"] == "self"), h,
+                          "previous")
+    assert back == ["obs-7", "obs-5", "obs-2", "obs-1"]
+    assert (await _walk(http, "/Observation?_count=1&_sort=-_id", h))[0] == ["obs-7", "obs-5", "obs-2", "obs-1"]
+    assert (await _walk(http, "/Observation?_count=1&_sort=category,-_id", h))[0] == [
+        "obs-7", "obs-5", "obs-1", "obs-2"]  # laboratory before vital-signs (obs-7: its lowest)
+    every = (await open_.get("/Observation?_sort=category,-_id")).json()
+    assert [e["resource"]["id"] for e in every["entry"] if e["resource"]["id"] in seen] == [
+        "obs-7", "obs-5", "obs-1", "obs-2"]  # the same order as the unrestricted search
+    # a system search over the type
+    assert ids((await http.get("?_type=Observation", headers=h)).json()) == union
+
+
+async def test_two_granular_scopes_filter_includes_and_history(env):
+    http, open_, mint, _ = env
+    await _more_observations(open_)
+    panel = {**observation("obs-1", "pat-001"), "hasMember": [
+        {"reference": "Observation/obs-2"}, {"reference": "Observation/obs-4"}, {"reference": "Observation/obs-3"}]}
+    assert (await open_.put("/Observation/obs-1", json=panel)).status_code == 200
+    h = await mint(f"patient/Observation.rs?category={LABORATORY} patient/Observation.rs?category={VITAL} "
+                   "patient/Patient.rs", patient="pat-001")
+    found = (await http.get("/Observation?_id=obs-1&_include=Observation:has-member", headers=h)).json()
+    assert ids(found) == ["Observation/obs-1"] and ids(found, "include") == ["Observation/obs-2"]
+    own = (await http.get("/Patient?_revinclude=Observation:subject", headers=h)).json()
+    assert ids(own) == ["Patient/pat-001"]
+    assert ids(own, "include") == ["Observation/obs-1", "Observation/obs-2", "Observation/obs-5", "Observation/obs-7"]
+    history = (await http.get("/Observation/_history", headers=h)).json()
+    assert sorted(e["fullUrl"].rsplit("/", 1)[1] + "@" + e["response"]["etag"] for e in history["entry"]) == [
+        'obs-1@W/"1"', 'obs-1@W/"2"', 'obs-2@W/"1"', 'obs-5@W/"1"', 'obs-7@W/"1"']
+    paged, _ = await _walk(http, "/Observation/_history?_count=1", h)
+    assert sorted(paged) == ["obs-1", "obs-1", "obs-2", "obs-5", "obs-7"]
+    assert (await http.get("/Observation/obs-7/_history", headers=h)).status_code == 200
+    denied(await http.get("/Observation/obs-4/_history", headers=h))
+
+
+async def test_granular_scopes_of_different_contexts_are_or_ed(env):
+    http, open_, mint, _ = env
+    await _more_observations(open_)
+    h = await mint(f"patient/Observation.rs?category={LABORATORY} user/Observation.rs?category={VITAL}",
+                   patient="pat-001")
+    assert ids((await http.get("/Observation", headers=h)).json()) == [
+        "Observation/obs-1", "Observation/obs-2", "Observation/obs-5", "Observation/obs-6", "Observation/obs-7"]
+    assert (await http.get("/Observation?_total=accurate", headers=h)).json()["total"] == 5
+    assert (await http.get("/Observation/obs-6", headers=h)).status_code == 200  # another patient's vital signs
+    denied(await http.get("/Observation/obs-3", headers=h))  # another patient's laboratory
+    # another patient's compartment: the patient/ condition lets nothing through, the user/ one does
+    assert ids((await http.get("/Patient/pat-002/Observation", headers=h)).json()) == ["Observation/obs-6"]
+    # a wider scope beside conditional ones: every resource
+    wide = await mint(f"patient/Observation.rs?category={LABORATORY} user/Observation.rs?category={VITAL} "
+                      "user/Observation.rs", patient="pat-001")
+    assert len(ids((await http.get("/Observation", headers=wide)).json())) == 7
+
+
+async def test_two_granular_write_scopes_allow_a_write_either_covers(env):
+    http, open_, mint, _ = env
+    await _more_observations(open_)
+    h = await mint(f"patient/Observation.cruds?category={LABORATORY} patient/Observation.cruds?category={VITAL}",
+                   patient="pat-001")
+    before = len((await open_.get("/Observation")).json()["entry"])
+    made = await http.post("/Observation", json=observation(None, "pat-001", "vital-signs"), headers=h)
+    assert made.status_code == 201, made.text
+    lab = await http.post("/Observation", json=observation(None, "pat-001", "laboratory"), headers=h)
+    assert lab.status_code == 201
+    denied(await http.post("/Observation", json=observation(None, "pat-001", "imaging"), headers=h))
+    denied(await http.post("/Observation", json=observation(None, "pat-002", "laboratory"), headers=h))
+    amended = {**observation("obs-2", "pat-001", "vital-signs"), "status": "amended"}
+    assert (await http.put("/Observation/obs-2", json=amended, headers=h)).status_code == 200
+    denied(await http.put("/Observation/obs-2", json=observation("obs-2", "pat-001", "imaging"), headers=h))
+    denied(await http.put("/Observation/obs-4", json=observation("obs-4", "pat-001", "laboratory"), headers=h))
+    denied(await http.delete("/Observation/obs-4", headers=h))
+    tx = {"resourceType": "Bundle", "type": "transaction",
+          "entry": [entry("POST", "Observation", observation(None, "pat-001", "laboratory")),
+                    entry("POST", "Observation", observation(None, "pat-001", "imaging"))]}
+    denied(await http.post("", json=tx, headers=h))
+    assert len((await open_.get("/Observation")).json()["entry"]) == before + 2
+    stored = (await open_.get("/Observation/obs-2")).json()
+    assert stored["status"] == "amended" and stored["category"][0]["coding"][0]["code"] == "vital-signs"
+    assert (await open_.get("/Observation/obs-4")).json()["meta"]["versionId"] == "1"
+    assert (await http.delete("/Observation/obs-5", headers=h)).status_code == 204
+
+
+# -- the token's own user (fhirUser) --------------------------------------------------------------
+
+async def test_the_token_may_read_its_own_fhir_user(env):
+    http, open_, mint, _ = env
+    assert (await open_.put("/Practitioner/prac-2", json={"resourceType": "Practitioner", "id": "prac-2"})).is_success
+    me = f"{FHIR}/Practitioner/prac-1"
+    h = await mint("openid fhirUser patient/Patient.rs", patient="pat-001", fhir_user=me)
+    assert (await http.get("/Practitioner/prac-1", headers=h)).json()["id"] == "prac-1"
+    assert (await http.get("/Practitioner/prac-1/_history/1", headers=h)).status_code == 200
+    for refused in (http.get("/Practitioner/prac-2", headers=h), http.get("/Practitioner", headers=h),
+                    http.get("/Practitioner/prac-1/_history", headers=h),
+                    http.put("/Practitioner/prac-1", json={"resourceType": "Practitioner", "id": "prac-1",
+                                                           "active": False}, headers=h)):
+        denied(await refused)
+    tx = {"resourceType": "Bundle", "type": "batch", "entry": [entry("GET", "Practitioner/prac-1"),
+                                                                entry("GET", "Practitioner/prac-2")]}
+    assert [e["response"]["status"][:3] for e in (await http.post("", json=tx, headers=h)).json()["entry"]] == [
+        "200", "403"]
+    # only with openid fhirUser granted, and only this server's resource
+    denied(await http.get("/Practitioner/prac-1", headers=await mint("patient/Patient.rs", patient="pat-001",
+                                                                       fhir_user=me)))
+    denied(await http.get("/Practitioner/prac-1", headers=await mint("openid fhirUser patient/Patient.rs",
+                                                                       patient="pat-001",
+                                                                       fhir_user="https://other.example/fhir/"
+                                                                                 "Practitioner/prac-1")))
+
+
+# -- operations under patient/ tokens ----------------------------------------------------------------
+
+async def test_operations_that_change_nothing_need_read_or_search_on_their_type(env):
+    http, open_, mint, _ = env
+    screening = [{"type": {"coding": [{"system": "http://hl7.org/fhir/research-subject-progress", "code": "state"}]},
+                  "subjectState": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/research-subject-state",
+                                               "code": "screening"}]}, "startDate": "2026-01-05"}]
+    for rid, pat in (("rs-1", "pat-001"), ("rs-2", "pat-002")):
+        screened = {**subject(rid, pat), "progress": screening}
+        assert (await open_.put(f"/ResearchSubject/{rid}", json=screened)).is_success
+    patient = await mint("patient/*.rs", patient="pat-001")
+    system = await mint("system/*.rs")
+    # $enrollment reads through the token's guard: the patient's own subject only
+    mine = await http.get("/ResearchStudy/study-1/$enrollment?date=2026-02-01", headers=patient)
+    assert mine.status_code == 200, mine.text
+    everyone = await http.get("/ResearchStudy/study-1/$enrollment?date=2026-02-01", headers=system)
+    assert everyone.status_code == 200, everyone.text
+    assert (_screened(mine.json()), _screened(everyone.json())) == (1, 2)
+    for path in ("/ResearchStudy/study-1/$milestones", "/ResearchStudy/$milestones"):
+        assert (await http.get(path, headers=patient)).status_code == 200, path
+    # $validate of an instance: one the token may read
+    assert (await http.get("/Patient/pat-001/$validate", headers=patient)).status_code == 200
+    denied(await http.get("/Patient/pat-002/$validate", headers=patient))
+    denied(await http.get("/ResearchSubject/rs-2/$validate", headers=patient))
+    assert (await http.post("/Observation/$validate", json=observation(None, "pat-001"),
+                            headers=patient)).status_code == 200
+    # $expand: the type must be readable (patient/*.rs: ValueSet is outside the compartment)
+    expand = "/ValueSet/$expand?url=http://hl7.org/fhir/ValueSet/administrative-gender"
+    assert (await http.get(expand, headers=patient)).status_code == 200
+    denied(await http.get(expand, headers=await mint("patient/Patient.rs", patient="pat-001")))
+    denied(await http.get(expand, headers=await mint("user/ValueSet.rs?status=active")))
+    # a read without search: instance level only
+    reader = await mint("user/Patient.r")
+    assert (await http.get("/Patient/pat-001/$validate", headers=reader)).status_code == 200
+    denied(await http.post("/Patient/$validate", json={"resourceType": "Patient"}, headers=reader))
+    # reading data no guard filters ($registry-export: Organizations, Locations): system/ or user/
+    r = await http.get("/ResearchStudy/study-1/$registry-export", headers=patient)
+    denied(r)
+    assert "system/ or user/" in r.json()["issue"][0]["diagnostics"]
+    assert (await http.get("/ResearchStudy/study-1/$registry-export", headers=system)).status_code != 403
+    # state-changing operations: u with system/ or user/
+    for path in ("/ResearchSubject/rs-1/$schedule", "/Patient/$reindex"):
+        denied(await http.post(path, headers=await mint("patient/*.cruds", patient="pat-001")))
+    # $payments: its GET without persist reads (read-only-unless), a POST may persist
+    reader = await mint("user/*.rs")
+    assert (await http.get("/ResearchStudy/study-1/$payments", headers=reader)).status_code == 200
+    denied(await http.post("/ResearchStudy/study-1/$payments?persist=true", headers=reader))
+    writer = await mint("user/*.cruds")
+    assert (await http.get("/ResearchStudy/study-1/$payments?persist=true", headers=writer)).status_code == 405
+    # an unknown operation is a 404, not a refusal
+    assert (await http.get("/Patient/pat-001/$nothing", headers=patient)).status_code == 404
+
+
+def _screened(parameters: dict) -> int | None:
+    """The first ``screened`` figure of an $enrollment answer (the study's)."""
+    def walk(parts: list) -> int | None:
+        for p in parts:
+            if p.get("name") == "screened" and "valueInteger" in p:
+                return p["valueInteger"]
+            found = walk(p.get("part", []))
+            if found is not None:
+                return found
+        return None
+    return walk(parameters["parameter"])
+
+
+# -- forged and broken tokens over HTTP ----------------------------------------------------------------
+
+def _b64(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+async def test_forged_tokens_are_refused_by_the_api(env, repo):
+    from joserfc import jwt
+    from joserfc.jwk import ECKey, OctKey
+
+    http, open_, mint, _ = env
+    good = await mint("system/*.cruds")
+    assert (await http.get("/Patient/pat-001", headers=good)).status_code == 200
+    token = good["Authorization"].split()[1]
+    head, payload, sig = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    ring = KeyRing(AuthStore(repo.engine), "ES384", 3600)
+    public = (await ring.jwks())["keys"][0]
+    key, record = await ring.signer()
+    stranger = ECKey.generate_key("P-384", private=True)
+    forgeries = {
+        "alg none": _b64({"alg": "none", "typ": "at+jwt"}) + "." + payload + ".",
+        "alg none, kid": _b64({"alg": "none", "kid": public["kid"], "typ": "at+jwt"}) + "." + payload + ".",
+        "HS256 keyed with the public key": jwt.encode(
+            {"alg": "HS256", "kid": public["kid"], "typ": "at+jwt"}, claims,
+            OctKey.import_key(json.dumps(public).encode()), algorithms=["HS256"]),
+        "unknown kid": jwt.encode({"alg": "ES384", "kid": "stranger", "typ": "at+jwt"}, claims, stranger,
+                                  algorithms=["ES384"]),
+        "a stranger's key under the server's kid": jwt.encode(
+            {"alg": "ES384", "kid": public["kid"], "typ": "at+jwt"}, claims, stranger, algorithms=["ES384"]),
+        "tampered signature": f"{head}.{payload}.{sig[:-4]}{'AAAA' if sig[-4:] != 'AAAA' else 'BBBB'}",
+        "tampered claims": f"{head}.{_b64({**claims, 'scope': 'system/*.cruds', 'sub': 'root'})}.{sig}",
+        "the server's key, another typ (an id token's)": sign(key, record.kid, record.alg, claims, "JWT"),
+        "expired": (await mint("system/*.cruds", exp=int(time.time()) - 600))["Authorization"].split()[1],
+        "another audience": (await mint("system/*.cruds", aud="https://other/fhir"))["Authorization"].split()[1],
+        "another issuer": (await mint("system/*.cruds", iss="https://other/fhir"))["Authorization"].split()[1],
+    }
+    for why, forged in forgeries.items():
+        for call in (http.get("/Patient/pat-001", headers={"Authorization": f"Bearer {forged}"}),
+                     http.post("/Patient", json={"resourceType": "Patient"},
+                               headers={"Authorization": f"Bearer {forged}"})):
+            r = await call
+            assert r.status_code == 401, (why, r.text)
+            assert outcome_codes(r) == ["login"], why
+            assert r.headers["www-authenticate"].startswith('Bearer realm="fhir-ctms", error="invalid_token"'), why
+    # nothing was written by any of them
+    assert len((await open_.get("/Patient")).json()["entry"]) == 2
+
+
+# -- the CapabilityStatement's security ------------------------------------------------------------
+
+async def test_capability_statement_says_whether_cors_is_on(repo):
+    from .conftest import make_client as client_of
+    async with client_of(repo, auth_enabled=True) as on:
+        security = (await on.get("/metadata")).json()["rest"][0]["security"]
+        assert security["cors"] is True and security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    async with client_of(repo, auth_enabled=True, cors_origins=[]) as off:
+        assert (await off.get("/metadata")).json()["rest"][0]["security"]["cors"] is False
+    async with client_of(repo, auth_enabled=True, cors_origins=["https://app.example"]) as some:
+        assert (await some.get("/metadata")).json()["rest"][0]["security"]["cors"] is True

@@ -74,3 +74,46 @@ def test_pkce():
     for value, method in ((verifier, "plain"), (None, None), (challenge, None), ("short", "S256")):
         with pytest.raises(OAuthError):
             pkce.check_challenge(value, method)
+
+
+# -- what a grant's scopes let through on a type (interactions/access.py) ----------------------------
+
+def _grant(scope: str, patient: str | None = None, fhir_user: str | None = None):
+    from fhir_ctms.auth.tokens import AccessGrant
+    return AccessGrant("jti", "app", "alice", parse(scope), scope, 0, 0, patient=patient, fhir_user=fhir_user)
+
+
+def test_several_scopes_on_one_type_are_or_ed():
+    from fhir_ctms.errors import Forbidden
+    from fhir_ctms.interactions.access import Filter, Guard
+
+    def filters(scope: str, letter: str = "r", rtype: str = "Observation", patient: str | None = "p1"):
+        return Guard(_grant(scope, patient), letter).filters(rtype)
+
+    assert filters("user/Observation.rs?category=a user/Observation.rs?category=b") == (
+        Filter((("category", "a"),)), Filter((("category", "b"),)))
+    # one implied by another adds nothing; one without a condition wins
+    assert filters("user/Observation.rs?category=a user/Observation.rs?status=final&category=a") == (
+        Filter((("category", "a"),)),)
+    assert filters("user/Observation.rs?category=a user/*.rs") is None
+    # patient/: the compartment, AND-ed with the scope's parameters; each scope a condition of its own
+    assert filters("patient/Observation.rs?category=a user/Observation.rs?category=b") == (
+        Filter((("category", "a"),), ("Patient", "p1")), Filter((("category", "b"),)))
+    with pytest.raises(Forbidden):
+        filters("patient/Observation.rs", patient=None)  # no launch patient: nothing granted
+    with pytest.raises(Forbidden):
+        filters("user/Observation.rs?category=a", letter="u")
+    # only the scopes with the letter count
+    assert filters("user/Observation.s?category=a user/Observation.r?category=b") == (Filter((("category", "b"),)),)
+
+
+def test_the_token_s_own_user():
+    from fhir_ctms.interactions.access import own_user
+    base = "http://testserver/fhir"
+    me = f"{base}/Practitioner/prac-1"
+    assert own_user(_grant("openid fhirUser", fhir_user=me), base) == ("Practitioner", "prac-1")
+    assert own_user(_grant("openid fhirUser", fhir_user="Practitioner/prac-1"), base) == ("Practitioner", "prac-1")
+    assert own_user(_grant("fhirUser", fhir_user=me), base) is None
+    assert own_user(_grant("openid fhirUser"), base) is None
+    assert own_user(_grant("openid fhirUser", fhir_user="https://other/fhir/Practitioner/prac-1"), base) is None
+    assert own_user(_grant("openid fhirUser", fhir_user=f"{base}/Nope/1"), base) is None

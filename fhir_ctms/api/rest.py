@@ -20,6 +20,7 @@ had nothing to validate). FastAPI still serves everything else (``/openapi.json`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ from ..audit import records
 from ..audit.records import Actor
 from ..auth.tokens import AccessGrant, InvalidToken, claimed, verify_access
 from ..config import Settings
-from ..errors import Forbidden, Unauthorized
+from ..errors import BadRequest, Forbidden, Unauthorized
 from ..interactions import bundle
 from ..interactions.access import note_denial
 from ..interactions.context import Context, instant, now_us
@@ -76,18 +77,28 @@ def _challenge(error: str, description: str) -> dict[str, str]:
     return {"WWW-Authenticate": f'{_REALM}, error="{error}", error_description="{text}"'}
 
 
+#: RFC 6750 section 2.1: ``Bearer`` 1*SP b64token
+_B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+
+
 async def authenticate(state: State, authorization: str | None, base: str) -> AccessGrant:
-    """The grant of the request's bearer token (RFC 6750), or 401 with a ``WWW-Authenticate``
-    challenge: none without a token, ``invalid_request`` for another scheme, ``invalid_token``
-    for one that does not verify (signature by kid, exp, iss and aud = the FHIR base, revocation)."""
-    if not authorization:
+    """The grant of the request's bearer token (RFC 6750 section 3.1), or an error with a
+    ``WWW-Authenticate`` challenge:
+
+    - no ``Authorization`` header, or another scheme (``Basic``...): 401 with the bare challenge
+      (the request "lacks any authentication information ... or attempted using an unsupported
+      authentication method": no error code);
+    - a malformed ``Bearer`` header (no token, or not a b64token): 400 ``invalid_request``;
+    - a token that does not verify (signature by kid, exp, iss and aud = the FHIR base,
+      revocation): 401 ``invalid_token``."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
         raise Unauthorized("This server requires a bearer token (SMART App Launch): see "
                            f"{base}/.well-known/smart-configuration", headers={"WWW-Authenticate": _REALM})
-    scheme, _, token = authorization.strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
-        raise Unauthorized("The Authorization header must be 'Bearer <access token>'",
-                           headers=_challenge("invalid_request", "Bearer token expected"))
+    if not _B64TOKEN.match(token):
+        raise BadRequest("The Authorization header must be 'Bearer <access token>'",
+                         headers=_challenge("invalid_request", "Bearer token expected"))
     server = state.auth
     try:
         return await verify_access(token, server.ring, server.store, issuer=base, audience=base,
@@ -122,7 +133,7 @@ class FhirRest:
         if settings.auth_enabled and match.interaction != "capabilities":  # /metadata stays public
             try:
                 grant = await authenticate(self.state, inc.headers.get("authorization"), inc.base)
-            except Unauthorized as exc:
+            except (Unauthorized, BadRequest) as exc:  # BadRequest: a malformed Authorization header
                 await self._audit_failed_authentication(inc, exc)
                 raise
         media = response_type(inc.param("_format"), inc.headers.get("accept"), csv=match.interaction == "operation")
@@ -151,9 +162,10 @@ class FhirRest:
 
     # -- the audit records of refusals (audit.records.security_event) ------------------------------
 
-    async def _audit_failed_authentication(self, inc: Incoming, exc: Unauthorized) -> None:
-        """A 401: the AuditEvent names the user and client the token claims (unverified), the
-        network address and the request; written in its own transaction, never failing the 401."""
+    async def _audit_failed_authentication(self, inc: Incoming, exc: Unauthorized | BadRequest) -> None:
+        """A 401 (or the 400 of a malformed Authorization header): the AuditEvent names the user
+        and client the token claims (unverified), the network address and the request; written in
+        its own transaction, never failing the answer."""
         settings = self.state.settings
         sub, client = claimed(_bearer(inc.headers.get("authorization")))
         who = Actor(display=sub or "anonymous", address=inc.client, client=client)

@@ -27,9 +27,14 @@ with the search machinery on its current version's index rows):
   parameters (a ResearchSubject through ``subject``); types outside the compartment (no patient
   data: ResearchStudy, Practitioner, Medication...) are readable and searchable but never
   written; a ``patient/`` scope in a token without ``patient`` grants nothing;
-- several scopes on one type are OR-ed: one without a condition wins; one implied by another is
-  dropped; two genuinely different conditions (``?category=a`` and ``?category=b``) are not
-  supported and refused with a 403 that says so.
+- several scopes on one type are OR-ed (SMART v2: scopes are additive): one without a condition
+  wins; one implied by another is dropped; different conditions (``?category=a`` and
+  ``?category=b``) each let their resources through: a read, a write or an include needs one of
+  them to match, a search is the union (one search per condition for the candidates of a page,
+  put in order by one more search restricted to their ids, so keyset paging stays exact; its
+  ``_total`` by inclusion-exclusion over the AND-ed conditions, at most :data:`MAX_CONDITIONS`);
+- the token's own user (``fhirUser``, with ``openid fhirUser`` granted) is readable (read and
+  vread of that one resource) without a scope on its type (SMART: the app may read it).
 
 A conditional create that finds its match (and returns it) also needs ``r`` on that resource.
 
@@ -42,17 +47,30 @@ another patient's compartment) rolls back with 403. Searches get the filter's co
 token cannot see are dropped silently (SMART: a server should not disclose them). A chain or
 ``_has`` through a type is allowed only where the token sees every resource of that type
 (an unconditional ``s``), else 403: the condition cannot be applied inside the chain. A search
-over several types needs the same filter on each (else 403: search type by type); a
-compartment search of another compartment than the token's patient is a 403. Type and system
-history keep the versions of resources the token sees now (a deleted resource has no index rows,
-so under a filter its versions are not shown). Operations need an unconditional ``system/`` or
-``user/`` scope on their type (``*`` at system level): ``u`` when they change state, ``r`` else.
+over several types needs the same conditions on each (else 403: search type by type); a
+compartment search of another compartment than the token's patient is a 403 (unless another
+of its conditions covers it: a ``user/`` one). Type and system history keep the versions of
+resources the token sees now (a deleted resource has no index rows, so under a filter its
+versions are not shown).
+
+Operations (:func:`check_operation`, :func:`check_operation_target`): one that changes state
+(``affectsState``; ``$reindex``, ``$schedule``, ``$payments``) needs an unconditional ``system/``
+or ``user/`` scope with ``u`` on its type (``*`` at system level). One that does not needs what a
+read (instance level: ``r``, and the instance must be one the token may read) or a search (type
+level: ``s``) of its type needs, in any context (``patient/`` included), because it reads through
+the token's guarded session or reads nothing else: ``$validate`` (the instance, or the resource
+sent), ``$enrollment``, ``$milestones``, ``$payment-file`` (guarded searches: what the token
+cannot see is not counted), ``$expand`` and ``$validate-code`` (a ValueSet: at the type level,
+where a stored ValueSet is found by its url, the token must see every ValueSet). Those reading
+data no guard filters keep needing an unconditional ``system/`` or ``user/`` scope with ``r``
+(:data:`WHOLE_READS`: ``$registry-export`` reads the study's Organizations and Locations directly).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import combinations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadRequest, Forbidden
@@ -75,6 +93,13 @@ _NAMES = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search
 #: ids per look-up when testing which resources a filter lets through
 _CHUNK = 50
 _CHALLENGE = 'Bearer realm="fhir-ctms", error="insufficient_scope"'
+#: different conditions on one type a search can OR (its ``_total`` costs 2**n - 1 counts)
+MAX_CONDITIONS = 6
+#: operations that change no state but read data a guarded session cannot filter: they need an
+#: unconditional system/ or user/ scope (``$registry-export`` reads Organizations and Locations)
+WHOLE_READS = frozenset({"registry-export"})
+#: operations that read a stored ValueSet by its url at the type level, outside any guard
+_VALUESET_READS = frozenset({"expand", "validate-code"})
 
 
 def forbidden(text: str) -> Forbidden:
@@ -88,9 +113,32 @@ class Filter:
     params: tuple[tuple[str, str], ...] = ()
     compartment: tuple[str, str] | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", tuple(sorted(set(self.params))))
+
     def implies(self, other: "Filter") -> bool:
         """Whether every resource this lets through ``other`` lets through too."""
         return (other.compartment in (None, self.compartment)) and set(other.params) <= set(self.params)
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One condition of a grant as a search adds it: clauses (AND-ed) and a compartment."""
+
+    clauses: tuple[Clause | Has, ...] = ()
+    compartment: tuple[str, str] | None = None
+
+
+def _applied(q: SearchQuery, parts: Iterable[_Part]) -> SearchQuery | None:
+    """``q`` restricted by every one of ``parts`` (AND), or None when they exclude each other."""
+    compartment, clauses = q.compartment, q.clauses
+    for p in parts:
+        if p.compartment is not None:
+            if compartment not in (None, p.compartment):
+                return None
+            compartment = p.compartment
+        clauses = clauses + p.clauses
+    return replace(q, clauses=clauses, compartment=compartment)
 
 
 class Guard:
@@ -98,17 +146,17 @@ class Guard:
 
     def __init__(self, grant: "AccessGrant", letter: str) -> None:
         self.grant, self.letter = grant, letter
-        self._filters: dict[str, Filter | None] = {}
+        self._filters: dict[str, tuple[Filter, ...] | None] = {}
 
     # -- decisions ----------------------------------------------------------------------------
 
-    def filter(self, rtype: str) -> Filter | None:
-        """The condition on ``rtype`` (None: every resource), or 403 when nothing is granted."""
+    def filters(self, rtype: str) -> tuple[Filter, ...] | None:
+        """The conditions on ``rtype``, OR-ed (None: every resource), or 403 when nothing is granted."""
         if rtype not in self._filters:
             self._filters[rtype] = self._filter(rtype)
         return self._filters[rtype]
 
-    def _filter(self, rtype: str) -> Filter | None:
+    def _filter(self, rtype: str) -> tuple[Filter, ...] | None:
         found: list[Filter] = []
         for sc in self.grant.scopes.resources:
             if not sc.allows(self.letter, rtype):
@@ -132,14 +180,11 @@ class Guard:
             raise forbidden(f"The access token does not permit {_NAMES[self.letter]} on {rtype}")
         # OR of the conditions: one implied by another adds nothing
         kept = [f for f in dict.fromkeys(found) if not any(g != f and f.implies(g) for g in found)]
-        if len(kept) > 1:
-            raise forbidden(f"The access token has {len(kept)} different conditions on {_NAMES[self.letter]} of "
-                            f"{rtype}; a combination of granular scopes on one type is not supported")
-        return kept[0]
+        return tuple(sorted(kept, key=repr))
 
     def unconditional(self, rtype: str) -> bool:
         try:
-            return self.filter(rtype) is None
+            return self.filters(rtype) is None
         except Forbidden:
             return False
 
@@ -158,32 +203,38 @@ class Guard:
 
     # -- applied to searches and resources ----------------------------------------------------------
 
-    async def restrict(self, s: Session, q: SearchQuery) -> SearchQuery:
-        """``q`` with the conditions that keep its matches within the grant added."""
+    async def parts(self, s: Session, q: SearchQuery) -> tuple[SearchQuery, list[_Part] | None]:
+        """``q`` with its types, and the conditions the grant adds to it, each one a :class:`_Part`
+        (OR-ed: a resource is let through when one matches; None: nothing is added)."""
         self._check_links(q.clauses)
         types = q.types
         if not types:
             types = self._types()
             if types is None:
-                return q
-        filters = {self.filter(t) for t in types}
-        if filters == {None}:
-            return replace(q, types=types)
-        if len(filters) > 1:
+                return q, None
+        q = replace(q, types=types)
+        sets = {self.filters(t) for t in types}
+        if sets == {None}:
+            return q, None
+        if len(sets) > 1:
             raise forbidden("The access token gives different access to the types of this search: "
                             "search them one type at a time")
-        f = filters.pop()
-        assert f is not None
-        compartment = q.compartment
-        if f.compartment is not None:
-            if compartment not in (None, f.compartment):
-                raise forbidden(f"The access token does not permit searching the compartment "
-                                f"{compartment[0]}/{compartment[1]}")
-            compartment = f.compartment
-        clauses = q.clauses
-        if f.params:
-            clauses = clauses + (await self._conditions(s, types, f)).clauses
-        return replace(q, types=types, clauses=clauses, compartment=compartment)
+        fs = sets.pop()
+        assert fs is not None
+        out: list[_Part] = []
+        for f in fs:
+            if f.compartment is not None and q.compartment not in (None, f.compartment):
+                continue  # this condition lets nothing of another compartment through
+            extra = (await self._conditions(s, types, f)).clauses if f.params else ()
+            out.append(_Part(extra, f.compartment))
+        if not out:
+            assert q.compartment is not None
+            raise forbidden(f"The access token does not permit searching the compartment "
+                            f"{q.compartment[0]}/{q.compartment[1]}")
+        if len(out) > MAX_CONDITIONS:
+            raise forbidden(f"The access token has {len(out)} different conditions on {_NAMES[self.letter]} of "
+                            f"{types[0]}: at most {MAX_CONDITIONS} are supported")
+        return q, out
 
     async def _conditions(self, s: Session, types: tuple[str, ...], f: Filter,
                           more: Sequence[tuple[str, str]] = ()) -> SearchQuery:
@@ -218,17 +269,18 @@ class Guard:
     async def visible(self, s: Session, rtype: str, ids: Sequence[str]) -> set[str]:
         """Which of the resources ``rtype/id`` (current versions) the grant lets through."""
         try:
-            f = self.filter(rtype)
+            fs = self.filters(rtype)
         except Forbidden:
             return set()
-        if f is None:
+        if fs is None:
             return set(ids)
         out: set[str] = set()
-        unique = list(dict.fromkeys(ids))
-        for n in range(0, len(unique), _CHUNK):
-            chunk = unique[n:n + _CHUNK]
-            q = await self._conditions(s, (rtype,), f, [("_id", ",".join(chunk))])
-            out |= {st.id for st, _ in await s.search(q, limit=len(chunk))}
+        for f in fs:  # OR: a resource one condition lets through is visible
+            unique = [i for i in dict.fromkeys(ids) if i not in out]
+            for n in range(0, len(unique), _CHUNK):
+                chunk = unique[n:n + _CHUNK]
+                q = await self._conditions(s, (rtype,), f, [("_id", ",".join(chunk))])
+                out |= {st.id for st, _ in await s.search(q, limit=len(chunk))}
         return out
 
     async def keep(self, s: Session, rows: Sequence[Stored]) -> list[Stored]:
@@ -276,12 +328,31 @@ def guard(req: FhirRequest, ctx: Context) -> Guard | None:
     if grant is None or req.interaction == "capabilities":
         return None
     if req.interaction == "operation":
-        _check_operation(req, grant)
+        check_operation(req, grant)
         return None
+    if req.interaction in ("read", "vread") and own_user(grant, ctx.base) == (req.type, req.id):
+        return None  # the token's own user: readable without a scope on its type
     g = Guard(grant, LETTER[req.interaction])
     if req.type is not None:
-        g.filter(req.type)
+        g.filters(req.type)
     return g
+
+
+def own_user(grant: "AccessGrant", base: str) -> tuple[str, str] | None:
+    """(type, id) of the token's ``fhirUser`` when ``openid fhirUser`` were granted and it is a
+    resource of this server (SMART App Launch: the app may read it, scopes-and-launch-context
+    "fhirUser"); None otherwise."""
+    user = grant.fhir_user
+    if not user or not {"openid", "fhirUser"} <= grant.scopes.smart:
+        return None
+    if "://" in user:
+        if not user.startswith(base.rstrip("/") + "/"):
+            return None  # another server's resource
+        user = user[len(base.rstrip("/")) + 1:]
+    parts = user.split("/")
+    if len(parts) != 2 or parts[0] not in RESOURCE_TYPES or not parts[1]:
+        return None
+    return parts[0], parts[1]
 
 
 def wrap(ctx: Context, req: FhirRequest | None, s: Session) -> Session:
@@ -294,15 +365,54 @@ def wrap(ctx: Context, req: FhirRequest | None, s: Session) -> Session:
     return s if g is None else GuardedSession(s, g)
 
 
-def _check_operation(req: FhirRequest, grant: "AccessGrant") -> None:
+def check_operation(req: FhirRequest, grant: "AccessGrant") -> None:
+    """403 unless the token may invoke ``req``'s operation on its type (module docstring,
+    "Operations"); the instance it runs on is checked by :func:`check_operation_target`."""
     from .. import operations  # the registry (operations import the interactions)
     op = operations.find(req.operation)
-    letter = "u" if op is None or op.affects_state else "r"
+    if op is None:
+        return  # unknown: operations.invoke answers 404
     rtype = req.type or "*"
-    if not any(sc.context in ("system", "user") and not sc.query and letter in sc.permissions
-               and sc.type in ("*", rtype) for sc in grant.scopes.resources):
-        raise forbidden(f"${req.operation} needs a system/ or user/ scope with {_NAMES[letter]} on "
-                        f"{'every type' if rtype == '*' else rtype}")
+    where = "every type" if rtype == "*" else rtype
+    writes = operations.changes_state(op, req)
+    if writes or op.code in WHOLE_READS:
+        letter = "u" if writes else "r"
+        if not any(sc.context in ("system", "user") and not sc.query and letter in sc.permissions
+                   and sc.type in ("*", rtype) for sc in grant.scopes.resources):
+            raise forbidden(f"${req.operation} needs a system/ or user/ scope with {_NAMES[letter]} on {where}")
+        return
+    letter = "r" if req.id is not None else "s"
+    if req.type is None:  # a system-level operation that reads: every type
+        if Guard(grant, letter)._types() is not None:
+            raise forbidden(f"${req.operation} needs {_NAMES[letter]} on every type")
+        return
+    g = Guard(grant, letter)
+    try:
+        g.filters(req.type)
+    except Forbidden as exc:
+        raise forbidden(f"${req.operation} needs {_NAMES[letter]} on {req.type}: {exc.diagnostics}") from exc
+    if req.id is None and op.code in _VALUESET_READS and not g.unconditional(req.type):
+        raise forbidden(f"${req.operation} at the type level reads stored ValueSets by url: it needs "
+                        f"{_NAMES[letter]} on every {req.type}")
+
+
+async def check_operation_target(req: FhirRequest, ctx: Context) -> None:
+    """An operation invoked on an instance that changes no state: 403 unless the token may read
+    that resource (one it cannot see is refused as a read of it would be; one that does not
+    exist is left to the operation's 404 or 410)."""
+    from .. import operations
+    grant = ctx.access
+    op = operations.find(req.operation)
+    if grant is None or op is None or operations.changes_state(op, req) or req.type is None or req.id is None:
+        return
+    g = Guard(grant, "r")
+    if g.unconditional(req.type):
+        return
+    async with ctx.repo.session(write=False) as s:
+        st = await s.current(req.type, req.id)
+        if st is not None and not st.deleted and not await g.visible(s, req.type, [req.id]):
+            raise forbidden(f"The access token does not permit read of {req.type}/{req.id}, "
+                            f"which ${req.operation} reads")
 
 
 @dataclass
@@ -349,14 +459,44 @@ class GuardedSession(Session):
 
     async def search(self, query: SearchQuery, *, limit: int, after: Sequence[Any] | None = None,
                      backwards: bool = False) -> list[tuple[Stored, tuple[Any, ...]]]:
-        q = await self.guard.restrict(self.inner, query)
-        return await self.inner.search(q, limit=limit, after=after, backwards=backwards)
+        base, parts = await self.guard.parts(self.inner, query)
+        if parts is None or len(parts) == 1:
+            q = base if parts is None else _applied(base, parts)
+            assert q is not None
+            return await self.inner.search(q, limit=limit, after=after, backwards=backwards)
+        # the union: the page's rows are among the first ``limit`` of each condition (after the
+        # same cursor); one more search of ``base`` restricted to their ids puts them in the
+        # database's order, with the keys of ``base`` (its collation, its sort), so the page
+        # and its cursor are those of a single search of the union
+        found: set[tuple[str, str]] = set()
+        for part in parts:
+            q = _applied(base, [part])
+            if q is not None:
+                found |= {(st.type, st.id) for st, _ in await self.inner.search(
+                    q, limit=limit, after=after, backwards=backwards)}
+        if not found:
+            return []
+        ids = sorted({rid for _, rid in found})
+        only = parse(base.types, [("_id", ",".join(ids))], strict=True).clauses
+        rows = await self.inner.search(replace(base, clauses=base.clauses + only), after=after,
+                                       limit=len(ids) * len(base.types), backwards=backwards)
+        return [(st, key) for st, key in rows if (st.type, st.id) in found][:limit]
 
     def unsupported(self, query: SearchQuery) -> list[tuple[int, tuple[str, str]]]:
         return self.inner.unsupported(query)
 
     async def count(self, query: SearchQuery) -> int:
-        return await self.inner.count(await self.guard.restrict(self.inner, query))
+        base, parts = await self.guard.parts(self.inner, query)
+        if parts is None:
+            return await self.inner.count(base)
+        # |A or B or ...| by inclusion-exclusion: each intersection is one search, its conditions AND-ed
+        total = 0
+        for n in range(1, len(parts) + 1):
+            for some in combinations(parts, n):
+                q = _applied(base, some)
+                if q is not None:
+                    total += (-1) ** (n + 1) * await self.inner.count(q)
+        return total
 
     async def include(self, inc: Include, keys: Sequence[tuple[str, str]]) -> list[Stored]:
         return await self.guard.keep(self.inner, await self.inner.include(inc, keys))

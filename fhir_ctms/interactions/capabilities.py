@@ -81,9 +81,10 @@ def _resource(rtype: str, supported: dict[str, list[str]]) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=8)
-def capability_statement(base: str, date: str = STARTED, smart: bool = False) -> dict[str, Any]:
+def capability_statement(base: str, date: str = STARTED, smart: bool = False, cors: bool = False) -> dict[str, Any]:
     """``smart``: the server is protected by its SMART authorization server (``auth_enabled``):
-    ``rest.security`` names the SMART-on-FHIR service and its ``oauth-uris``."""
+    ``rest.security`` names the SMART-on-FHIR service and its ``oauth-uris``, and says with
+    ``cors`` whether browser apps of other origins are answered (``cors_origins`` not empty)."""
     from . import bundle
     from .table import INTERACTIONS
     system = [i.code for i in INTERACTIONS.values() if i.level == "system"] + list(bundle.CODES)
@@ -101,7 +102,8 @@ def capability_statement(base: str, date: str = STARTED, smart: bool = False) ->
     }
     if smart:
         from ..auth.discovery import Endpoints, security
-        rest["security"] = security(Endpoints(base))
+        # cors first, as R5 orders the elements (and decided here, from the settings)
+        rest["security"] = {"cors": cors, **{k: v for k, v in security(Endpoints(base)).items() if k != "cors"}}
     system_ops = [op for op in OPERATIONS if op.system]
     if system_ops:
         rest["operation"] = [{"name": op.code, "definition": op.url} for op in system_ops]
@@ -121,4 +123,5 @@ def capability_statement(base: str, date: str = STARTED, smart: bool = False) ->
 
 
 async def capabilities(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:
-    return FhirResponse(200, body=capability_statement(ctx.base, STARTED, ctx.settings.auth_enabled))
+    return FhirResponse(200, body=capability_statement(ctx.base, STARTED, ctx.settings.auth_enabled,
+                                                       bool(ctx.settings.cors_origins)))

@@ -80,6 +80,8 @@ async def perform(req: FhirRequest, ctx: Context, s: Session | None = None) -> F
 async def _perform(req: FhirRequest, ctx: Context, s: Session | None) -> FhirResponse:
     spec = INTERACTIONS[req.interaction]
     guard = access.guard(req, ctx)
+    if spec.level == "operation" and s is None:
+        await access.check_operation_target(req, ctx)  # the instance it reads: one the token may read
     if s is not None or spec.level == "operation":
         if guard is None or s is None:
             return await spec.handler(req, ctx, s)

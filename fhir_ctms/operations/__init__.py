@@ -64,6 +64,20 @@ def declare(definition_file: str, handler: Callable[..., Awaitable[Any]]) -> Ope
     return op
 
 
+def changes_state(op: Operation, req: Any) -> bool:
+    """Whether this call of ``op`` may change state: its definition's ``affectsState``, unless the
+    definition names the one parameter that makes it change state (extension read-only-unless,
+    profiles/README.md "Fee schedules and payments") and a GET or HEAD does not carry it. A POST
+    may carry it in its body, so a POST of such an operation counts as changing state."""
+    if not op.affects_state:
+        return False
+    unless = next((e.get("valueString") for e in op.definition.get("extension") or []
+                   if e.get("url") == f"{CTMS_SD}/read-only-unless"), None)
+    if unless is None or req.method not in ("GET", "HEAD"):
+        return True
+    return any(k == unless for k, _ in req.params)
+
+
 def find(code: str | None) -> Operation | None:
     return next((op for op in OPERATIONS if op.code == code), None)
 
@@ -112,11 +126,7 @@ async def invoke(req: Any, ctx: Any, s: Any = None) -> Any:
         raise NotFound(f"Unknown resource type {req.type!r}")
     if req.id is not None and not is_valid_id(req.id):
         raise NotFound(f"Invalid resource id {req.id!r}")
-    # a definition may name the one parameter that makes it change state (extension
-    # read-only-unless, profiles/README.md "Fee schedules and payments"): GET is accepted without it
-    unless = next((e.get("valueString") for e in op.definition.get("extension") or []
-                   if e.get("url") == f"{CTMS_SD}/read-only-unless"), None)
-    if req.method != "POST" and op.affects_state and (unless is None or any(k == unless for k, _ in req.params)):
+    if req.method != "POST" and changes_state(op, req):
         raise MethodNotAllowed(f"${op.code} changes state: invoke it with POST",
                                headers={"Allow": "POST"})
     if s is not None:

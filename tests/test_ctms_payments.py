@@ -88,6 +88,21 @@ def test_caps_holdback_and_release():
     assert total_net == D("150") * 2 + D("299.92") * 2 + D("2000") + D("66.66")
 
 
+def test_invoiced_events_count_against_the_cap_first():
+    fees = [fee("sf", kind="screen-failure", amount="150", cap=2)]
+    evs = [event(f"sf/{n}", f"2026-01-0{n}", "screen-failure", None) for n in (1, 2, 3, 4)]
+    # sf/3 and sf/4 were invoiced before sf/1 and sf/2 (dated earlier) were recorded
+    lines = {ln.event.key: ln for ln in pay.price_site(SITE, evs, fees, {"sf/3", "sf/4"})}
+    assert [lines[f"sf/{n}"].status for n in (1, 2, 3, 4)] == ["capped", "capped", "payable", "payable"]
+    # one invoiced: it keeps its payment, and the cap's one other place goes to the earliest
+    lines = {ln.event.key: ln for ln in pay.price_site(SITE, evs, fees, {"sf/4"})}
+    assert [lines[f"sf/{n}"].status for n in (1, 2, 3, 4)] == ["payable", "capped", "capped", "payable"]
+    # more invoiced than the cap (a cap lowered later): they keep their payment, nothing new is paid
+    lines = {ln.event.key: ln for ln in pay.price_site(SITE, evs, [fee("sf", kind="screen-failure", cap=1)],
+                                                       {"sf/2", "sf/3"})}
+    assert [lines[f"sf/{n}"].status for n in (1, 2, 3, 4)] == ["capped", "payable", "payable", "capped"]
+
+
 def test_not_paid_events_and_currency():
     fees = [fee("gbp", amount="100"), fee("eur-ms", kind="subject-milestone", detail="randomised", currency="EUR")]
     evs = [event("v/1", "2026-02-01"), event("r/1", "2026-02-02", "subject-milestone", "randomised"),

@@ -577,3 +577,276 @@ async def test_concurrent_persists_pay_each_event_once(client):
     # (a call that read after the other's commit had nothing due and names no invoice)
     named = {sites_of(o)["ResearchStudy/site-gb"].get("invoice") for o in outs} - {None}
     assert named == {f"Invoice/{invoices[0]['resource']['id']}"}
+
+
+async def test_consent_dates_status_and_decision(client):
+    """An event is covered when, on its date, a Consent of the subject with decision permit is in
+    force (active, or inactive with period.end: the withdrawal), from period.start (else date) to
+    period.end; a deny in force wins. site-gb, 2026-01-01..2026-04-30, with these consents:
+
+    - s-gb-1: active from 2026-02-20: randomised 02-15 is before consent (no-consent); w2 03-01 paid;
+    - s-gb-2: inactive, period 03-06..03-25 (withdrawn): randomised 03-20 paid; w2 04-03 no-consent;
+    - s-gb-3: active but decision deny: randomised 03-01 no-consent (w2 too, rather than out-of-window);
+    - s-gb-4: active, no period, date 02-01: screen failure 02-10 paid (the first under the cap);
+    - s-gb-5: inactive without period.end (never in force): screen failure 02-20 no-consent, so
+      it is not counted against the cap either;
+    - s-gb-7: a deny dated 02-05 beside its permit: randomised 02-01 paid (the deny not yet in
+      force), w2 02-15 no-consent (the deny in force).
+    """
+    await build(client)
+
+    async def consent(sid: str, status: str, decision: str | None = None, date: str | None = None,
+                      period: dict | None = None, cid: str | None = None) -> None:
+        c: dict[str, Any] = {"resourceType": "Consent", "id": cid or f"c-{sid}", "status": status,
+                             "subject": {"reference": f"Patient/p-{sid}"}}
+        for k, v in (("decision", decision), ("date", date), ("period", period)):
+            if v is not None:
+                c[k] = v
+        r = await client.put(f"/Consent/{c['id']}", json=c)
+        assert r.status_code in (200, 201), r.text
+
+    await consent("s-gb-1", "active", "permit", period={"start": "2026-02-20"})
+    await consent("s-gb-2", "inactive", period={"start": "2026-03-06", "end": "2026-03-25"})
+    await consent("s-gb-3", "active", "deny", period={"start": "2026-02-15"})
+    await consent("s-gb-4", "active", date="2026-02-01")
+    await consent("s-gb-5", "inactive", "permit", period={"start": "2026-02-05"})
+    await consent("s-gb-7", "active", "deny", date="2026-02-05", cid="c-s-gb-7-deny")
+    s7 = (await client.get("/ResearchSubject/s-gb-7")).json()
+    s7["consent"].append({"reference": "Consent/c-s-gb-7-deny"})
+    assert (await client.put("/ResearchSubject/s-gb-7", json=s7)).status_code == 200
+
+    gb = sites_of(await payments(client, site="site-gb", start="2026-01-01", end="2026-04-30"))["ResearchStudy/site-gb"]
+    ev = events(gb)
+    status = {k: (e["status"], e.get("issue")) for k, e in ev.items()}
+    assert status == {
+        "site-milestone/site-gb/activated": ("payable", None),
+        "subject-milestone/s-gb-7/randomised": ("payable", None),
+        "subject-milestone/s-gb-6/randomised": ("not-paid", "no-consent"),
+        "screen-failure/s-gb-4": ("payable", None),
+        "subject-milestone/s-gb-1/randomised": ("not-paid", "no-consent"),
+        "visit/s-gb-7/w2": ("not-paid", "no-consent"),  # 02-15: the deny is in force
+        "visit/s-gb-6/w2": ("not-paid", "no-consent"),
+        "screen-failure/s-gb-5": ("not-paid", "no-consent"),
+        "visit/s-gb-1/w2": ("payable", None),
+        "subject-milestone/s-gb-3/randomised": ("not-paid", "no-consent"),
+        "subject-milestone/s-gb-2/randomised": ("payable", None),
+        "visit/s-gb-3/w2": ("not-paid", "no-consent"),
+        "visit/s-gb-2/w2": ("not-paid", "no-consent"),
+    }
+    notes = {d["key"]: d["note"] for d in gb["discrepancy"] if d.get("key")}
+    assert "2026-02-20" in notes["subject-milestone/s-gb-1/randomised"]   # starts on 02-20
+    assert "2026-03-25" in notes["visit/s-gb-2/w2"]                       # ended on 03-25
+    assert "deny" in notes["subject-milestone/s-gb-3/randomised"]
+    assert "no Consent" in notes["visit/s-gb-6/w2"]
+    # paid: start-up 5000, s-gb-7 1000, s-gb-4 150, s-gb-1 w2 300, s-gb-2 1000 = 7450;
+    # holdback 100 + 30 + 100 = 230; net 7220
+    assert (gb["gross"], gb["holdback"], gb["net"]) == (gbp("7450"), gbp("230"), gbp("7220"))
+
+
+# -- integrity: concurrent runs, caps and late data, edited invoices, exact money ----------------
+
+async def _live_lines(client) -> dict[str, list[str]]:
+    """ChargeItem reference -> the live (not cancelled / entered-in-error) invoices listing it."""
+    out: dict[str, list[str]] = {}
+    for e in (await client.get("/Invoice", params={"_count": "100"})).json().get("entry", []):
+        inv = e["resource"]
+        if inv["status"] in ("cancelled", "entered-in-error"):
+            continue
+        for li in inv["lineItem"]:
+            out.setdefault(li["chargeItemReference"]["reference"], []).append(inv["id"])
+    return out
+
+
+async def test_concurrent_persists_with_different_periods_invoice_each_event_once(client):
+    import asyncio
+    await build(client)
+    # one run to 2026-03-15 (six events, 8120.00 net), one with no period (all eight, 9335.00),
+    # same site, at the same time: whichever commits second sees the first's ChargeItems and
+    # invoice and invoices only the rest
+    outs = await asyncio.gather(
+        payments(client, method="POST", site="site-gb", start="2026-01-01", end="2026-03-15", persist=True),
+        payments(client, method="POST", site="site-gb", persist=True))
+    items = (await client.get("/ChargeItem", params={"_count": "100"})).json()["entry"]
+    keys = [e["resource"]["identifier"][0]["value"] for e in items]
+    assert len(keys) == len(set(keys)) == 8
+    assert sum({p["name"]: p for p in o["parameter"]}["chargeItemsCreated"]["valueInteger"] for o in outs) == 8
+    live = await _live_lines(client)
+    assert sorted(live) == sorted(f"ChargeItem/{e['resource']['id']}" for e in items)
+    assert all(len(v) == 1 for v in live.values()), live  # each event on exactly one live invoice
+    invoices = [e["resource"] for e in (await client.get("/Invoice")).json()["entry"]]
+    assert sum(Decimal(str(i["totalNet"]["value"])) for i in invoices) == Decimal("9335")
+    # and the report agrees: everything invoiced once, nothing due
+    gb = sites_of(await payments(client, site="site-gb"))["ResearchStudy/site-gb"]
+    assert (gb["net"], gb["invoiced"], gb["due"]) == (gbp("9335"), gbp("9335"), gbp("0"))
+    assert "invoice-mismatch" not in [d["code"] for d in gb["discrepancy"]]
+
+
+async def test_cap_keeps_invoiced_events_and_caps_late_earlier_ones(client):
+    """The reviewer's scenario: cap 2, both screen failures invoiced, then a screen failure dated
+    earlier than both is recorded: the invoiced two keep their payment, the late one is capped,
+    and a third is never paid."""
+    await build(client)
+    cap2 = fee("fee-sf-gb", "screen-failure", "150.00", "GBP", country="GB", cap=2)
+    assert (await client.put("/ChargeItemDefinition/fee-sf-gb", json=cap2)).status_code == 200
+    gb = sites_of(await payments(client, site="site-gb"))["ResearchStudy/site-gb"]
+    assert {k: e["status"] for k, e in events(gb).items() if k.startswith("screen-failure/")} == {
+        "screen-failure/s-gb-4": "payable", "screen-failure/s-gb-5": "payable"}
+    await payments(client, method="POST", site="site-gb", persist=True)
+    # late data: s-gb-8 failed screening on 2026-02-01, before s-gb-4 (02-10) and s-gb-5 (02-20)
+    late = subject("s-gb-8", "site-gb", [("screening", "2026-01-20"), ("ineligible", "2026-02-01", "screen-failure")])
+    for r in ({"resourceType": "Patient", "id": "p-s-gb-8"},
+              {"resourceType": "Consent", "id": "c-s-gb-8", "status": "active",
+               "subject": {"reference": "Patient/p-s-gb-8"}}, late):
+        assert (await client.put(f"/{r['resourceType']}/{r['id']}", json=r)).status_code == 201
+    gb = sites_of(await payments(client, site="site-gb"))["ResearchStudy/site-gb"]
+    sf = {k: e for k, e in events(gb).items() if k.startswith("screen-failure/")}
+    assert {k: e["status"] for k, e in sf.items()} == {
+        "screen-failure/s-gb-8": "capped", "screen-failure/s-gb-4": "payable", "screen-failure/s-gb-5": "payable"}
+    assert sf["screen-failure/s-gb-8"]["due"] == gbp("0") and "invoice" not in sf["screen-failure/s-gb-8"]
+    assert all(sf[k]["invoice"].startswith("Invoice/") for k in ("screen-failure/s-gb-4", "screen-failure/s-gb-5"))
+    assert gb["due"] == gbp("0")
+    out = await payments(client, method="POST", site="site-gb", persist=True)
+    assert {p["name"]: p for p in out["parameter"]}["chargeItemsCreated"]["valueInteger"] == 0
+    assert "invoice" not in sites_of(out)["ResearchStudy/site-gb"]
+    sf_items = (await client.get("/ChargeItem", params={"identifier": f"{SID}|screen-failure/s-gb-8"})).json()
+    assert sf_items.get("total", len(sf_items.get("entry", []))) == 0
+    # without invoices, the cap counts by date: the earliest two are paid
+    for e in (await client.get("/Invoice")).json()["entry"]:
+        inv = e["resource"]
+        assert (await client.put(f"/Invoice/{inv['id']}", json={**inv, "status": "cancelled"})).status_code == 200
+    gb = sites_of(await payments(client, site="site-gb"))["ResearchStudy/site-gb"]
+    assert {k: e["status"] for k, e in events(gb).items() if k.startswith("screen-failure/")} == {
+        "screen-failure/s-gb-8": "payable", "screen-failure/s-gb-4": "payable", "screen-failure/s-gb-5": "capped"}
+
+
+async def test_payment_file_refuses_an_invoice_that_does_not_add_up(client):
+    await build(client)
+    out = await payments(client, method="POST", site="site-fr", persist=True)
+    ref = sites_of(out)["ResearchStudy/site-fr"]["invoice"]
+    inv = (await client.get(f"/{ref}")).json()
+    inv["status"] = "issued"
+    assert (await client.put(f"/{ref}", json=inv)).status_code == 200
+    assert (await client.get(f"/{ref}/$payment-file")).status_code == 200
+    good = (await client.get(f"/{ref}")).json()
+
+    # a plain update to balanced with one line raised: the lines no longer sum to totalNet
+    bad = json.loads(json.dumps(good))
+    bad["status"] = "balanced"
+    bad["lineItem"][0]["priceComponent"][0]["amount"]["value"] = 3333.25
+    assert (await client.put(f"/{ref}", json=bad)).status_code == 200
+    r = await client.get(f"/{ref}/$payment-file")
+    assert r.status_code == 422, r.text
+    assert "does not add up" in r.text and "totalNet" in r.text and "ChargeItem/" in r.text
+    # $payments reports it: the invoiced net of the event differs from its net
+    fr = sites_of(await payments(client, site="site-fr"))["ResearchStudy/site-fr"]
+    mismatch = [d for d in fr["discrepancy"] if d["code"] == "invoice-mismatch"]
+    assert [d.get("key") for d in mismatch] == ["visit/s-fr-1/w2", None]
+    assert "3299.92" in mismatch[0]["note"] and "299.92" in mismatch[0]["note"]
+    # ... and the invoice itself, which does not add up
+    assert mismatch[1]["source"] == ref and "does not add up" in mismatch[1]["note"]
+    assert "totalNet is 2666.5" in mismatch[1]["note"]
+
+    # the totals moved with the line (consistent within the invoice): its ChargeItem disagrees
+    bad["totalGross"]["value"] = 5733.16
+    bad["totalNet"]["value"] = 5666.50
+    bad["totalPriceComponent"][0]["amount"]["value"] = 5733.16
+    assert (await client.put(f"/{ref}", json=bad)).status_code == 200
+    r = await client.get(f"/{ref}/$payment-file")
+    assert r.status_code == 422 and "ChargeItem/" in r.text and "lines' nets" not in r.text
+
+    # paid in full by its notices, yet it does not add up: $payments does not set it balanced
+    bad["status"] = "issued"
+    assert (await client.put(f"/{ref}", json=bad)).status_code == 200
+    assert (await client.put("/PaymentNotice/pn-x", json={
+        "resourceType": "PaymentNotice", "id": "pn-x", "status": "active", "created": "2026-07-15",
+        "request": {"reference": ref}, "recipient": {"reference": "Organization/org-fr"},
+        "amount": {"value": 9999.00, "currency": "EUR"}})).status_code == 201
+    out = await payments(client, method="POST", site="site-fr", persist=True)
+    assert "balanced" not in {p["name"] for p in out["parameter"]}
+    assert (await client.get(f"/{ref}")).json()["status"] == "issued"
+
+    # a holdback that is not round(gross x factor)
+    bad = json.loads(json.dumps(good))
+    bad["lineItem"][0]["priceComponent"][1]["amount"]["value"] = 30.00
+    bad["totalNet"]["value"] = 2669.83
+    assert (await client.put(f"/{ref}", json=bad)).status_code == 200
+    r = await client.get(f"/{ref}/$payment-file")
+    assert r.status_code == 422 and "factor" in r.text
+
+    # restored: the file is made again
+    assert (await client.put(f"/{ref}", json=good)).status_code == 200
+    assert (await client.get(f"/{ref}/$payment-file")).status_code == 200
+
+
+async def test_money_is_written_as_exact_decimals(client):
+    await build(client)
+    r = await client.get("/ResearchStudy/pay-study/$payments", params={"site": "site-gb", "start": "2026-01-01",
+                                                                      "end": "2026-01-31"})
+    assert r.status_code == 200
+    # the start-up fee: 5000.00 GBP, not 5000.0
+    assert '"valueMoney":{"value":5000.00,"currency":"GBP"}' in r.text.replace(" ", "")
+    out = await payments(client, method="POST", site="site-fr", persist=True)
+    ref = sites_of(out)["ResearchStudy/site-fr"]["invoice"]
+    text = (await client.get(f"/{ref}")).text.replace(" ", "")
+    assert '"totalNet":{"value":2666.50,"currency":"EUR"}' in text
+    assert '"totalGross":{"value":2733.16,"currency":"EUR"}' in text
+    assert '"value":2000.00' in text and '"value":33.33' in text
+    assert '"factor":0.1,' in text or '"factor":0.1}' in text  # the definition's factor as written (0.1)
+
+
+async def test_procedure_fees_are_reported_not_derived(client):
+    """No payable event is derived for the ``procedure`` code yet: each procedure fee of a site in
+    effect in the period is a ``not-derived`` discrepancy naming it, so it is not silently unpaid.
+    fee-proc-gb (GB, from 2026-01-01) concerns site-gb only; fee-proc-all (the whole study, from
+    2026-05-01) concerns both sites, but only a period reaching May."""
+    await build(client)
+    for f in (fee("fee-proc-gb", "procedure", "80.00", "GBP", "ecg", country="GB"),
+              fee("fee-proc-all", "procedure", "90.00", "EUR", start="2026-05-01")):
+        r = await client.put(f"/ChargeItemDefinition/{f['id']}", json=f)
+        assert r.status_code == 201, r.text
+    U = "http://example.org/fhir/ChargeItemDefinition/"
+
+    def not_derived(site_part: dict[str, Any]) -> list[list[str]]:
+        return [d["definition"] for d in site_part["discrepancy"] if d["code"] == "not-derived"]
+
+    out = sites_of(await payments(client, start="2026-01-01", end="2026-04-30"))
+    gb, fr = out["ResearchStudy/site-gb"], out["ResearchStudy/site-fr"]
+    assert not_derived(gb) == [[f"{U}fee-proc-gb|1"]] and not_derived(fr) == []
+    note = next(d["note"] for d in gb["discrepancy"] if d["code"] == "not-derived")
+    assert "procedure ecg" in note and "80.00 GBP" in note
+    # the figures are those of test_report_every_figure: nothing is paid for a procedure
+    assert (gb["gross"], gb["net"]) == (gbp("9800"), gbp("9335"))
+    assert not [k for k in events(gb) if "procedure" in k]
+    out = sites_of(await payments(client, start="2026-01-01", end="2026-06-30"))
+    assert not_derived(out["ResearchStudy/site-gb"]) == [[f"{U}fee-proc-all|1"], [f"{U}fee-proc-gb|1"]]
+    assert not_derived(out["ResearchStudy/site-fr"]) == [[f"{U}fee-proc-all|1"]]
+
+
+async def test_void_charge_items_and_emptied_invoices(client):
+    await build(client)
+    out = await payments(client, method="POST", site="site-fr", persist=True)
+    ref = sites_of(out)["ResearchStudy/site-fr"]["invoice"]
+    inv = (await client.get(f"/{ref}")).json()
+    # the invoice emptied by an edit: its four events are due again, and this run's invoice
+    # would have its identifier: refused (409), nothing written
+    assert (await client.put(f"/{ref}", json={**inv, "lineItem": []})).status_code == 200
+    r = await client.post("/ResearchStudy/pay-study/$payments", json={"resourceType": "Parameters", "parameter": [
+        {"name": "site", "valueString": "site-fr"}, {"name": "persist", "valueBoolean": True}]})
+    assert r.status_code == 409 and "does not list its events" in r.text, r.text
+    assert len((await client.get("/Invoice")).json()["entry"]) == 1
+    # cancelled instead, and one ChargeItem entered in error: that event gets a new ChargeItem,
+    # the other three their existing ones, on a new invoice; the void one is on no live invoice
+    assert (await client.put(f"/{ref}", json={**inv, "status": "cancelled"})).status_code == 200
+    found = await client.get("/ChargeItem", params={"identifier": f"{SID}|visit/s-fr-1/w2"})
+    void = found.json()["entry"][0]["resource"]
+    r = await client.put(f"/ChargeItem/{void['id']}", json={**void, "status": "entered-in-error"})
+    assert r.status_code == 200
+    out = await payments(client, method="POST", site="site-fr", persist=True)
+    assert {p["name"]: p for p in out["parameter"]}["chargeItemsCreated"]["valueInteger"] == 1
+    new = (await client.get("/" + sites_of(out)["ResearchStudy/site-fr"]["invoice"])).json()
+    listed = {li["chargeItemReference"]["reference"] for li in new["lineItem"]}
+    assert len(listed) == 4 and f"ChargeItem/{void['id']}" not in listed
+    assert listed - {li["chargeItemReference"]["reference"] for li in inv["lineItem"]} != set()
+    assert new["totalNet"]["value"] == 2666.5
+    live = await _live_lines(client)
+    assert all(len(v) == 1 for v in live.values()) and f"ChargeItem/{void['id']}" not in live

@@ -41,21 +41,31 @@ most specific wins: site over country over study, then a definition naming the d
 naming the protocol, then the latest ``effectivePeriod.start``, then the greatest canonical.
 
 Not paid, reported (``issue``): ``out-of-window`` (the visit's ``actualPeriod.start`` outside its
-Appointment's ``requestedPeriod``), ``no-consent`` (a subject event of a subject whose
-``consent`` is missing or not ``active``), ``after-withdrawal`` (a visit dated after the
+Appointment's ``requestedPeriod``), ``no-consent`` (a subject event on a day no Consent
+of the subject covers: covered when one of its ``consent`` Consents with ``decision`` ``permit``
+(absent: permit) is in force that day, ``active``, or ``inactive`` with a ``period.end`` (the
+withdrawal), from ``period.start`` (else ``date``) to ``period.end``, both inclusive, and no
+``deny`` one is), ``after-withdrawal`` (a visit dated after the
 subject's first ``withdrawn`` entry), ``no-fee`` (no definition applies), ``currency`` (a fee
 in another currency than the site's first one). ``capped``: an event beyond its fee's
-``per-site-cap`` (counted per site and fee code, over all time, in date then key order).
+``per-site-cap`` (counted per site and fee code, over all time: the events already invoiced
+first, whatever their date, and they keep their payment; then the others in date then key order,
+so an event dated earlier but recorded after an invoice cannot push an invoiced one out).
 ``rate-changed`` (reported, each event paid at the rate of its date): in the period, the site's
 most specific definitions for one (code, detail) that are in effect at some point of the period,
 for any protocol or a protocol version the site ran in the period, have different amounts.
+``not-derived`` (reported): a fee of the site in effect in the period whose code has no derived
+events (``procedure``: procedures are a fee code, no event is derived for them yet).
 
 The holdback release (on the ``closed`` date) is the sum of the holdbacks of every paid event
 of the site (all dates); its line has no holdback of its own.
 
 Already invoiced: the net of the line of an Invoice (not ``cancelled`` or ``entered-in-error``)
 that lists the event's ChargeItem; due = net - invoiced (an event whose ChargeItem is on an
-invoice is due 0).
+invoice is due 0). ``invoice-mismatch`` (reported): an invoiced event whose invoice line's net
+differs from the net computed now (the line or the fee was changed after invoicing, or the event
+is no longer payable); and a live invoice of the site whose own figures do not add up
+(:func:`invoice_problems`), which ``$payments`` then never sets ``balanced``.
 """
 
 from __future__ import annotations
@@ -320,6 +330,53 @@ def protocol_on(site: dict[str, Any], day: dt.date) -> str | None:
     return site_protocol(site, day)
 
 
+# -- consent -------------------------------------------------------------------------------------
+
+def subject_consents(subject: dict[str, Any], consents: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stored Consents the ResearchSubject's ``consent`` references (R5: 0..*)."""
+    refs = subject.get("consent")
+    refs = refs if isinstance(refs, list) else [refs]
+    ids = [ref_id(r, "Consent") for r in refs]
+    return [consents[i] for i in dict.fromkeys(ids) if i is not None and i in consents]
+
+
+def consent_span(consent: dict[str, Any]) -> tuple[dt.date | None, dt.date | None] | None:
+    """The days [start, end] (both inclusive, either open) a Consent is in force, None when it
+    never is: ``status`` ``active``, or ``inactive`` with a ``period.end`` (withdrawn on that
+    day: in force until then); from ``period.start``, else ``date``; to ``period.end``."""
+    period = consent.get("period") if isinstance(consent.get("period"), dict) else {}
+    start = subj.parse_date(period.get("start")) or subj.parse_date(consent.get("date"))
+    end = subj.parse_date(period.get("end"))
+    if consent.get("status") == "active" or (consent.get("status") == "inactive" and end is not None):
+        return start, end
+    return None
+
+
+def consent_gap(consents: list[dict[str, Any]], day: dt.date) -> str | None:
+    """Why the subject's consents do not cover an event on ``day`` (None: covered). Covered: a
+    Consent with ``decision`` ``permit`` (absent: permit) is in force on the day
+    (:func:`consent_span`) and no ``deny`` one is."""
+    if not consents:
+        return "the subject has no Consent"
+    spans = [(c, c.get("decision") or "permit", consent_span(c)) for c in consents]
+    live = [(c, decision) for c, decision, span in spans if span is not None
+            and (span[0] is None or span[0] <= day) and (span[1] is None or day <= span[1])]
+    denied = [c for c, decision in live if decision != "permit"]
+    if denied:
+        return f"Consent/{denied[0].get('id')} ({denied[0].get('decision')}) is in force on {day.isoformat()}"
+    if live:
+        return None
+    why = []
+    for c, decision, span in spans:
+        if span is None or decision != "permit":
+            why.append(f"Consent/{c.get('id')} is {c.get('status')}, {decision}")
+        elif span[0] is not None and day < span[0]:
+            why.append(f"Consent/{c.get('id')} starts on {span[0].isoformat()}")
+        elif span[1] is not None:
+            why.append(f"Consent/{c.get('id')} ended on {span[1].isoformat()}")
+    return f"no Consent in force on {day.isoformat()}: {'; '.join(why)}"
+
+
 # -- events --------------------------------------------------------------------------------------
 
 def site_events(site: dict[str, Any], subjects: list[dict[str, Any]], consents: dict[str, dict[str, Any]],
@@ -328,16 +385,12 @@ def site_events(site: dict[str, Any], subjects: list[dict[str, Any]], consents: 
     sid = site["id"]
     out: list[Event] = []
     by_subject = {s["id"]: s for s in subjects}
-    consented: dict[str, bool] = {}
-    for s in subjects:
-        cid = next((ref_id(r, "Consent") for r in s.get("consent") or [] if ref_id(r, "Consent")), None) \
-            if isinstance(s.get("consent"), list) else ref_id(s.get("consent"), "Consent")
-        consented[s["id"]] = cid is not None and (consents.get(cid) or {}).get("status") == "active"
+    given = {s["id"]: subject_consents(s, consents) for s in subjects}
 
     def subject_event(s: dict[str, Any], key: str, kind: str, detail: str | None, on: dt.date,
                       **kw: Any) -> Event:
-        issue = None if consented[s["id"]] else "no-consent"
-        note = None if issue is None else "the subject has no active Consent"
+        note = consent_gap(given[s["id"]], on)
+        issue = None if note is None else "no-consent"
         return Event(key, kind, detail, sid, on, kw.pop("source", f"ResearchSubject/{s['id']}"), s["id"],
                      ref_id(s.get("subject"), "Patient"), issue=issue, note=note,
                      protocol=kw.pop("protocol", None) or protocol_on(site, on), **kw)
@@ -412,12 +465,23 @@ def select(fees: list[Fee], ev: Event, country: str | None) -> Fee | None:
     return max(applicable, key=lambda f: f.rank, default=None)
 
 
-def price_site(site: dict[str, Any], events: list[Event], fees: list[Fee]) -> list[Line]:
-    """Every event of the site priced (all dates), caps applied, the holdback release computed."""
+def price_site(site: dict[str, Any], events: list[Event], fees: list[Fee],
+               invoiced: frozenset[str] | set[str] = frozenset()) -> list[Line]:
+    """Every event of the site priced (all dates), caps applied, the holdback release computed.
+
+    ``invoiced``: the keys of the events already on a live invoice. Under a ``per-site-cap`` they
+    count first and keep their payment, whatever their date; the others are paid, in date then
+    key order, while the cap has room (an event dated earlier but reported late never displaces
+    one already invoiced)."""
     country = site_country(site)
     currency: str | None = None
     lines: list[Line] = []
     counted: dict[str, int] = {}
+    for ev in events:
+        if ev.key in invoiced and ev.issue is None and ev.kind != "holdback-release":
+            f = select(fees, ev, country)
+            if f is not None and f.cap is not None:
+                counted[f.kind] = counted.get(f.kind, 0) + 1
     for ev in events:
         if ev.kind == "holdback-release":
             continue
@@ -434,7 +498,7 @@ def price_site(site: dict[str, Any], events: list[Event], fees: list[Fee]) -> li
             lines.append(Line(ev, "not-paid", f, issue="currency",
                               note=f"the fee {f.canonical} is in {f.currency}, the site is paid in {currency}"))
             continue
-        if f.cap is not None:
+        if f.cap is not None and ev.key not in invoiced:
             n = counted[f.kind] = counted.get(f.kind, 0) + 1
             if n > f.cap:
                 lines.append(Line(ev, "capped", f, issue="capped",
@@ -477,6 +541,22 @@ def rate_changes(site: dict[str, Any], fees: list[Fee], lines: list[Line], start
                                    f"changed in the period: {rates}; each event is paid at the rate of its date",
                                    definitions=tuple(f.canonical for f in cands)))
     return out
+
+
+#: fee codes no payable event is derived for (yet): their fees are reported, never silently unpaid
+NOT_DERIVED = ("procedure",)
+
+
+def not_derived(site: dict[str, Any], fees: list[Fee], start: dt.date | None,
+                end: dt.date | None) -> list[Discrepancy]:
+    """``not-derived``: each fee of a code no event is derived for (:data:`NOT_DERIVED`) whose
+    scope includes the site and that is in effect at some point of the period."""
+    country = site_country(site)
+    return [Discrepancy("not-derived", f"{f.kind}{' ' + f.detail if f.detail else ''}: no payable event "
+                        f"is derived for this code, so the fee {f.canonical} ({f.amount} {f.currency}) "
+                        "is never paid by $payments", definitions=(f.canonical,))
+            for f in sorted(fees, key=lambda f: f.canonical)
+            if f.kind in NOT_DERIVED and f.scope_matches(site["id"], country) and f.overlaps(start, end)]
 
 
 def site_protocols(site: dict[str, Any], start: dt.date | None, end: dt.date | None) -> set[str]:
@@ -547,7 +627,7 @@ def report(study: dict[str, Any], sites: list[dict[str, Any]], subjects: list[di
         encs = [e for e in encounters
                 if ref_id(next(iter(e.get("appointment") or []), None), "Appointment") in appt_ids]
         events = site_events(site, subs, by_id, appts, encs)
-        lines = price_site(site, events, fees)
+        lines = price_site(site, events, fees, {k for k, cid in keys.items() if cid in invoiced})
         for ln in lines:
             cid = keys.get(ln.event.key)
             if cid is not None:
@@ -561,9 +641,29 @@ def report(study: dict[str, Any], sites: list[dict[str, Any]], subjects: list[di
         rep.discrepancies = [Discrepancy(ln.issue, ln.note or ln.issue, ln.event.key, ln.event.source,
                                          (ln.fee.canonical,) if ln.fee else ())
                              for ln in in_period if ln.issue is not None]
+        rep.discrepancies += [
+            Discrepancy("invoice-mismatch", f"Invoice/{ln.invoice} lists it for a net of {ln.invoiced}; "
+                        f"its net is {ln.net}", ln.event.key, ln.event.source,
+                        (ln.fee.canonical,) if ln.fee else ())
+            for ln in in_period if ln.invoice is not None and ln.invoiced != ln.net]
+        for inv in invoices:  # the site's live invoices (any period) whose figures do not add up
+            if inv.get("status") not in _DEAD and invoice_site(inv) == site["id"]:
+                problems = invoice_problems(inv, charge_items)
+                if problems:
+                    rep.discrepancies.append(Discrepancy(
+                        "invoice-mismatch", f"Invoice/{inv['id']} does not add up: {'; '.join(problems)}",
+                        source=f"Invoice/{inv['id']}"))
         rep.discrepancies += rate_changes(site, fees, in_period, start, end)
+        rep.discrepancies += not_derived(site, fees, start, end)
         out.append(rep)
     return out
+
+
+def invoice_site(invoice: dict[str, Any]) -> str | None:
+    """The site id of an Invoice identifier ``sid/site-invoice|<site>/<hash>``."""
+    value = next((i.get("value") for i in invoice.get("identifier") or []
+                  if isinstance(i, dict) and i.get("system") == INVOICE_SYSTEM), None)
+    return value.partition("/")[0] if isinstance(value, str) else None
 
 
 def settled(invoice: dict[str, Any], notices: list[dict[str, Any]]) -> bool:
@@ -577,3 +677,55 @@ def settled(invoice: dict[str, Any], notices: list[dict[str, Any]]) -> bool:
                 if n.get("status") == "active" and ref_id(n.get("request"), "Invoice") == invoice.get("id")
                 and (n.get("amount") or {}).get("currency") == currency), ZERO)
     return paid >= total
+
+
+def _amount(money_: Any) -> tuple[Decimal, Any]:
+    money_ = money_ if isinstance(money_, dict) else {}
+    return Decimal(str(money_.get("value") or 0)), money_.get("currency")
+
+
+def invoice_problems(invoice: dict[str, Any], charge_items: dict[str, dict[str, Any]]) -> list[str]:
+    """Why an Invoice's figures do not add up (empty: they do). Each line in the invoice's
+    currency; its gross (base and surcharges) the ``totalPriceComponent`` of its ChargeItem
+    (``charge_items``: by id); a deduction with a ``factor`` equal to round(gross x factor); the
+    lines' gross summing to ``totalGross`` and their nets (:func:`line_net`) to ``totalNet``.
+    What ``$payments`` writes always adds up; an invoice edited afterwards by a plain update
+    (nothing in the write path stops it) may not: ``$payment-file`` refuses it, ``$payments``
+    reports it (``invoice-mismatch``) and does not set it ``balanced``."""
+    total_net, currency = _amount(invoice.get("totalNet"))
+    if not isinstance(currency, str):
+        return ["it has no totalNet with a currency"]
+    total_gross, gross_currency = _amount(invoice.get("totalGross"))
+    has_gross = isinstance(invoice.get("totalGross"), dict)
+    out = []
+    if has_gross and gross_currency != currency:
+        out.append(f"totalGross is in {gross_currency}, totalNet in {currency}")
+    gross_sum = net_sum = ZERO
+    for n, li in enumerate(invoice.get("lineItem") or []):
+        at = f"lineItem[{n}] (sequence {li.get('sequence', '?')})"
+        comps = [pc for pc in li.get("priceComponent") or [] if isinstance(pc, dict)]
+        gross = sum((_amount(pc.get("amount"))[0] for pc in comps if pc.get("type") in ("base", "surcharge")), ZERO)
+        net = line_net(li)
+        gross_sum, net_sum = gross_sum + gross, net_sum + net
+        others = sorted({str(_amount(pc.get("amount"))[1]) for pc in comps if "amount" in pc} - {currency})
+        if others:
+            out.append(f"{at} has amounts in {', '.join(others)}, not {currency}")
+        for pc in comps:
+            if pc.get("type") == "deduction" and pc.get("factor") is not None:
+                want = holdback_of(gross, Decimal(str(pc["factor"])), currency)
+                if _amount(pc.get("amount"))[0] != want:
+                    out.append(f"{at}: the deduction of factor {pc['factor']} is {_amount(pc.get('amount'))[0]}, "
+                               f"not {want}")
+        cid = ref_id(li.get("chargeItemReference"), "ChargeItem")
+        ci = charge_items.get(cid or "")
+        if not ci:
+            out.append(f"{at} names no stored ChargeItem")
+            continue
+        ci_gross, ci_currency = _amount((ci.get("totalPriceComponent") or {}).get("amount"))
+        if (ci_gross, ci_currency) != (gross, currency):
+            out.append(f"{at}: its gross {gross} {currency} is not ChargeItem/{cid}'s {ci_gross} {ci_currency}")
+    if net_sum != total_net:
+        out.append(f"the lines' nets sum to {net_sum}, totalNet is {total_net}")
+    if has_gross and gross_sum != total_gross:
+        out.append(f"the lines' gross sum to {gross_sum}, totalGross is {total_gross}")
+    return out

@@ -13,7 +13,12 @@ payment file for the accounts-payable system.
 ``totalGross``, holdback and ``totalNet``). Amounts are written with the currency's minor unit.
 
 Only an ``issued`` or ``balanced`` Invoice is paid: a ``draft``, ``cancelled`` or
-``entered-in-error`` one is a 422. An unknown Invoice is a 404 (deleted: 410). Reads are guarded
+``entered-in-error`` one is a 422. So is one whose figures do not add up
+(``ctms.payments.invoice_problems``: line amounts against their ChargeItems, the holdback
+against its factor, the lines against ``totalGross``/``totalNet``): the file never carries lines
+that do not sum to the total paid. Nothing in the write path stops an ordinary update of an
+issued invoice (the server has no per-type write hooks); this check is what keeps such an edit
+out of accounts payable. An unknown Invoice is a 404 (deleted: 410). Reads are guarded
 by the token like any read.
 """
 
@@ -25,7 +30,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..ctms import payments as pay
-from ..errors import BadRequest, Gone, NotFound, Unprocessable
+from ..errors import BadRequest, Gone, Issue, NotFound, Unprocessable
 from ..interactions.access import wrap
 from ..interactions.context import Context, FhirRequest, FhirResponse
 from ..resources.json import loads
@@ -55,6 +60,10 @@ async def payment_file(req: FhirRequest, ctx: Context, params: list[tuple[str, A
             cid = pay.ref_id(li.get("chargeItemReference"), "ChargeItem")
             if cid:
                 items[cid] = await _get(s, "ChargeItem", cid, None) or {}
+    problems = pay.invoice_problems(invoice, items)
+    if problems:
+        raise Unprocessable(f"Invoice/{rid} does not add up; no payment file is made: {problems[0]}",
+                            issues=[Issue("business-rule", f"Invoice/{rid} does not add up: {p}") for p in problems])
     return FhirResponse(200, raw=_csv(invoice, org or {}, site_id, site, items),
                         headers={"Content-Type": "text/csv; charset=utf-8",
                                  "Content-Disposition": f'attachment; filename="invoice-{rid}.csv"'})

@@ -15,26 +15,36 @@ ChargeItems already made (identifier system ``sid/payable-event``), the site Inv
 
 ``persist=true`` (POST only: the OperationDefinition says ``affectsState`` true and carries the
 ``read-only-unless`` extension naming ``persist``, so the registry lets GET through for the
-read-only form and answers 405 to a GET with ``persist``): ONE transaction Bundle through
-``interactions.bundle.transaction`` (each write has its version, Provenance and AuditEvent; a
-failure writes nothing) that, for every site with something due,
+read-only form and answers 405 to a GET with ``persist``): ONE write transaction (each write goes
+through its interaction, as a transaction Bundle's entries do: version, Provenance and
+AuditEvent, the token's guard; a failure writes nothing). Inside it, before anything is written,
+the ChargeItems, Invoices, PaymentNotices and Groups are read again and the report computed
+again from them: write transactions are serialised (SQLite: one writer; PostgreSQL: the
+partition's writer lock, taken first), so two concurrent runs, with the same or different
+periods, see each other's ChargeItems and invoices whole, and an event is never on two live
+invoices. Then, for every site with something due, it
 
 - creates the site's Group (``sid/site-subjects|<site>``, the ChargeItem ``subject`` of site-level
   events and the Invoice ``subject``) if it does not exist (conditional create);
 - creates a ChargeItem per due event that has none (conditional create on its identifier, the
-  event key: no event is ever charged twice);
-- creates a ``draft`` Invoice listing the due events (conditional create on an identifier made of
-  the site and a hash of the keys and of the site's cancelled invoices, so two identical
-  concurrent calls make one invoice, and the events of a cancelled invoice get a new one);
+  event key; a key whose ChargeItems are all void gets a new one); the ChargeItem of an event whose
+  invoice was cancelled is reused;
+- creates a ``draft`` Invoice listing exactly those ChargeItems (conditional create on an
+  identifier made of the site and a hash of the keys and of the site's cancelled invoices; a
+  match, i.e. an invoice of these events that no longer lists them, is a 409);
 - and updates to ``balanced`` every ``issued`` Invoice of the study's sites paid in full by its
   PaymentNotices (``ctms.payments.settled``), with ``If-Match``.
 
+When the first read finds nothing due and nothing settled, nothing is written. Amounts are
+written as exact decimals with the currency's minor unit (``16952.00``).
+
 The call is recorded as one AuditEvent (restful-interaction ``operation``) besides the writes'.
 
-Under a token: the definition says ``affectsState`` true, so ``interactions/access.py`` asks for
-a ``system/`` or ``user/`` scope with ``u`` on ResearchStudy for every call (the read-only form
-too); the reads are filtered by the token and each write of the transaction is checked like any
-transaction entry (ChargeItem, Invoice, Group).
+Under a token: the read-only form (a GET without ``persist``) needs read of the study
+(``operations.changes_state``: the definition's read-only-unless names ``persist``); a POST needs
+a ``system/`` or ``user/`` scope with ``u`` on ResearchStudy. The reads are filtered by the token
+and each write of the transaction is checked like any transaction entry (ChargeItem, Invoice,
+Group).
 """
 
 from __future__ import annotations
@@ -42,18 +52,19 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-import uuid
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
 from ..audit import records
 from ..ctms import payments as pay
-from ..errors import BadRequest, Gone, MethodNotAllowed, NotFound, Unprocessable
-from ..interactions import bundle
+from ..errors import BadRequest, Conflict, Gone, MethodNotAllowed, NotFound, Unprocessable
+from ..interactions import table  # a module: table imports the operations (perform looked up at call time)
 from ..interactions.access import wrap
 from ..interactions.context import Context, FhirRequest, FhirResponse, etag, instant, now_us
 from ..interactions.persist import record_security_event
+from ..interactions.router import entry_request
 from ..resources.json import loads
 from ..search.parse import parse
 from ..storage.repository import Session
@@ -79,12 +90,12 @@ async def payments(req: FhirRequest, ctx: Context, params: list[tuple[str, Any]]
                                headers={"Allow": "POST"})
     asked = [_site_id(v) for n, v in params if n == "site"]
     data = await _read(ctx, req.id or "", asked)
-    reports = pay.report(data["study"], data["sites"], data["subjects"], data["consents"],
-                         data["appointments"], data["encounters"], data["definitions"],
-                         data["charge_items"], data["invoices"], start, end)
+    reports = _report(data, start, end)
     written: dict[str, Any] = {}
     if persist:
-        written = await _persist_all(ctx, data, reports, start, end)
+        # nothing due nor settled as read: nothing to write (the run is then as of that read)
+        if any(_due(rep) for rep in reports) or _settled(data):
+            reports, written = await _persist_all(ctx, data, start, end)
         await _audit(ctx, data["study"]["id"], written)
     return FhirResponse(200, body=_output(data["study"], reports, start, end, written, persist))
 
@@ -161,17 +172,24 @@ async def _read(ctx: Context, study_id: str, asked: list[str]) -> dict[str, Any]
             "appointments": await _search(s, "Appointment", "subject", refs),
             "encounters": await _search(s, "Encounter", "subject", refs),
             "definitions": await _search(s, "ChargeItemDefinition", "status", ["active"]),
-            "charge_items": {c["id"]: c for c in await _search(s, "ChargeItem", "identifier", [f"{pay.EVENT_SYSTEM}|"])},
         }
-        site_ids = {c["id"] for c in sites}
-        invoices = [i for i in await _search(s, "Invoice", "identifier", [f"{pay.INVOICE_SYSTEM}|"])
-                    if _invoice_site(i) in site_ids]
-        data["invoices"] = invoices
-        issued = [f"Invoice/{i['id']}" for i in invoices if i.get("status") == "issued"]
-        data["notices"] = await _search(s, "PaymentNotice", "request", issued)
-        groups = await _search(s, "Group", "identifier", [f"{pay.SITE_GROUP_SYSTEM}|{i}" for i in sorted(site_ids)])
-        data["groups"] = {_ident(g, pay.SITE_GROUP_SYSTEM): g["id"] for g in groups}
+        await _read_state(s, data)
     return data
+
+
+async def _read_state(s: Session, data: dict[str, Any]) -> None:
+    """What was charged, invoiced and paid (ChargeItems, the sites' Invoices, their
+    PaymentNotices, the site Groups) into ``data``: read with the rest, and read again inside
+    the write transaction of ``persist=true``, where no other writer can change it."""
+    data["charge_items"] = {c["id"]: c for c in await _search(s, "ChargeItem", "identifier", [f"{pay.EVENT_SYSTEM}|"])}
+    site_ids = {c["id"] for c in data["sites"]}
+    invoices = [i for i in await _search(s, "Invoice", "identifier", [f"{pay.INVOICE_SYSTEM}|"])
+                if _invoice_site(i) in site_ids]
+    data["invoices"] = invoices
+    issued = [f"Invoice/{i['id']}" for i in invoices if i.get("status") == "issued"]
+    data["notices"] = await _search(s, "PaymentNotice", "request", issued)
+    groups = await _search(s, "Group", "identifier", [f"{pay.SITE_GROUP_SYSTEM}|{i}" for i in sorted(site_ids)])
+    data["groups"] = {_ident(g, pay.SITE_GROUP_SYSTEM): g["id"] for g in groups}
 
 
 def _level(study: dict[str, Any]) -> str | None:
@@ -185,8 +203,14 @@ def _ident(resource: dict[str, Any], system: str) -> str | None:
 
 
 def _invoice_site(invoice: dict[str, Any]) -> str | None:
-    value = _ident(invoice, pay.INVOICE_SYSTEM)
-    return value.partition("/")[0] if isinstance(value, str) else None
+    return pay.invoice_site(invoice)
+
+
+def _settled(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``issued`` invoices paid in full, whose figures add up (an edited invoice that does
+    not is reported as ``invoice-mismatch`` and left as it is)."""
+    return [i for i in data["invoices"] if pay.settled(i, data["notices"])
+            and not pay.invoice_problems(i, data["charge_items"])]
 
 
 async def _search(s: Session, rtype: str, name: str, values: list[str]) -> list[dict[str, Any]]:
@@ -207,11 +231,9 @@ async def _search(s: Session, rtype: str, name: str, values: list[str]) -> list[
 # -- writing -------------------------------------------------------------------------------------
 
 def _money(value: Decimal, currency: str) -> dict[str, Any]:
-    return {"value": float(value), "currency": currency}
-
-
-def _urn(key: str) -> str:
-    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, pay.CTMS + '/' + key)}"
+    """Money as an exact decimal with the currency's minor unit (JSON ``16952.00``: R5 decimals
+    keep their precision; ``resources.json.dumps`` writes ``Decimal`` values as they are)."""
+    return {"value": pay.money(value, currency) if currency else value, "currency": currency}
 
 
 def _sponsor(study: dict[str, Any]) -> str | None:
@@ -258,7 +280,7 @@ def _invoice(study: dict[str, Any], rep: pay.SiteReport, lines: list[tuple[pay.L
                   "amount": _money(ln.gross, cur)}]
         if ln.fee is not None and ln.fee.factor:
             comps.append({"type": "deduction", "code": {"coding": [{"system": pay.EVENT_CS, "code": pay.HOLDBACK}]},
-                          "factor": float(ln.fee.factor), "amount": _money(ln.holdback, cur)})
+                          "factor": ln.fee.factor, "amount": _money(ln.holdback, cur)})
         items.append({"sequence": n, "servicedDate": ln.event.on.isoformat(),
                       "chargeItemReference": {"reference": ref}, "priceComponent": comps})
     gross = sum((ln.gross for ln, _ in lines), pay.ZERO)
@@ -298,68 +320,90 @@ def now_date() -> str:
     return dt.datetime.now(dt.timezone.utc).date().isoformat()
 
 
-def _post(resource: dict[str, Any], system: str, value: str, full_url: str) -> dict[str, Any]:
-    return {"fullUrl": full_url, "resource": resource,
-            "request": {"method": "POST", "url": resource["resourceType"],
-                        "ifNoneExist": urlencode({"identifier": f"{system}|{value}"})}}
+def _due(rep: pay.SiteReport) -> list[pay.Line]:
+    """The lines of a site to put on a new invoice: paid, on no live invoice, something to pay."""
+    if rep.currency is None:
+        return []
+    return [ln for ln in rep.lines if ln.status in ("payable", "release") and ln.invoice is None and ln.net > 0]
 
 
-async def _persist_all(ctx: Context, data: dict[str, Any], reports: list[pay.SiteReport],
-                       start: dt.date | None, end: dt.date | None) -> dict[str, Any]:
-    entries: list[dict[str, Any]] = []
-    invoice_at: dict[str, int] = {}
-    charge_at: list[tuple[int, str]] = []
-    for rep in reports:
-        due = [ln for ln in rep.lines if ln.status in ("payable", "release") and ln.invoice is None
-               and ln.net > 0]
-        if not due or rep.currency is None:
-            continue
-        group = data["groups"].get(rep.site)
-        if group:
-            group_ref = f"Group/{group}"
-        else:
-            group_ref = _urn(f"group/{rep.site}")
-            entries.append(_post({"resourceType": "Group", "identifier": [
-                {"system": pay.SITE_GROUP_SYSTEM, "value": rep.site}], "type": "person",
-                "membership": "definitional", "name": f"Subjects of ResearchStudy/{rep.site}",
-                "description": "The site as a whole: the subject of its site-level ChargeItems and its Invoices"},
-                pay.SITE_GROUP_SYSTEM, rep.site, group_ref))
-        refs: list[tuple[pay.Line, str]] = []
-        for ln in due:
-            if ln.charge_item:
-                refs.append((ln, f"ChargeItem/{ln.charge_item}"))
+def _report(data: dict[str, Any], start: dt.date | None, end: dt.date | None) -> list[pay.SiteReport]:
+    return pay.report(data["study"], data["sites"], data["subjects"], data["consents"], data["appointments"],
+                      data["encounters"], data["definitions"], data["charge_items"], data["invoices"], start, end)
+
+
+async def _write(ctx: Context, s: Session, method: str, url: str, resource: dict[str, Any],
+                 headers: dict[str, str]) -> FhirResponse:
+    """One write through the interaction it is (version, index rows, Provenance, AuditEvent, the
+    token's guard), in the caller's transaction: as a transaction Bundle entry is written."""
+    return await table.perform(replace(entry_request(method, url, ctx.base, headers), resource=resource), ctx, s)
+
+
+async def _create(ctx: Context, s: Session, resource: dict[str, Any], system: str, value: str,
+                  conditional: bool = True) -> FhirResponse:
+    headers = {"if-none-exist": urlencode({"identifier": f"{system}|{value}"})} if conditional else {}
+    return await _write(ctx, s, "POST", resource["resourceType"], resource, headers)
+
+
+async def _persist_all(ctx: Context, data: dict[str, Any], start: dt.date | None, end: dt.date | None
+                       ) -> tuple[list[pay.SiteReport], dict[str, Any]]:
+    """The writes of ``persist=true`` in ONE write transaction; the payment state (ChargeItems,
+    Invoices, PaymentNotices, Groups) is read again inside it and the report computed again from
+    it. Write transactions are serialised (SQLite: one writer; PostgreSQL: the writer lock of
+    the partition, taken first), so what this run reads as not invoiced stays so until it
+    commits: two concurrent runs, whatever their periods, never put one ChargeItem on two live
+    invoices, and the second sees the first's ChargeItems and invoices (caps included)."""
+    written: dict[str, Any] = {"invoices": {}, "charge_items": 0, "balanced": []}
+    async with ctx.repo.session(write=True) as raw:
+        await _read_state(wrap(ctx, None, raw), data)
+        reports = _report(data, start, end)
+        # keys with ChargeItems, all void (entered-in-error, aborted, not-billable): a new one
+        known = {_ident(ci, pay.EVENT_SYSTEM) for ci in data["charge_items"].values()}
+        for rep in reports:
+            due = _due(rep)
+            if not due:
                 continue
-            urn = _urn(f"charge/{ln.event.key}")
-            charge_at.append((len(entries), ln.event.key))
-            entries.append(_post(_charge_item(ln, rep, group_ref), pay.EVENT_SYSTEM, ln.event.key, urn))
-            refs.append((ln, urn))
-        dead = [i["id"] for i in data["invoices"] if _invoice_site(i) == rep.site
-                and i.get("status") in ("cancelled", "entered-in-error")]
-        inv = _invoice(data["study"], rep, refs, group_ref, start, end, dead)
-        invoice_at[rep.site] = len(entries)
-        entries.append(_post(inv, pay.INVOICE_SYSTEM, inv["identifier"][0]["value"], _urn(f"invoice/{rep.site}")))
-    balanced: list[int] = []
-    for inv in data["invoices"]:
-        if pay.settled(inv, data["notices"]):
-            res = {**inv, "status": "balanced"}
+            group = data["groups"].get(rep.site)
+            if group is None:
+                res = await _create(ctx, raw, {
+                    "resourceType": "Group", "identifier": [{"system": pay.SITE_GROUP_SYSTEM, "value": rep.site}],
+                    "type": "person", "membership": "definitional", "name": f"Subjects of ResearchStudy/{rep.site}",
+                    "description": "The site as a whole: the subject of its site-level ChargeItems and its Invoices"},
+                    pay.SITE_GROUP_SYSTEM, rep.site)
+                assert res.stored is not None
+                group = data["groups"][rep.site] = res.stored.id
+            group_ref = f"Group/{group}"
+            refs: list[tuple[pay.Line, str]] = []
+            for ln in due:
+                if ln.charge_item:  # made earlier, its invoice cancelled: on no live invoice (read just now)
+                    refs.append((ln, f"ChargeItem/{ln.charge_item}"))
+                    continue
+                res = await _create(ctx, raw, _charge_item(ln, rep, group_ref), pay.EVENT_SYSTEM, ln.event.key,
+                                    conditional=ln.event.key not in known)
+                assert res.stored is not None
+                if res.status != 201:  # a ChargeItem this run could not see (the token's filter)
+                    raise Conflict(f"$payments: ChargeItem/{res.stored.id} already holds the event key "
+                                   f"{ln.event.key} but was not read as live; nothing was written")
+                written["charge_items"] += 1
+                refs.append((ln, f"ChargeItem/{res.stored.id}"))
+            dead = [i["id"] for i in data["invoices"] if _invoice_site(i) == rep.site
+                    and i.get("status") in ("cancelled", "entered-in-error")]
+            inv = _invoice(data["study"], rep, refs, group_ref, start, end, dead)
+            res = await _create(ctx, raw, inv, pay.INVOICE_SYSTEM, inv["identifier"][0]["value"])
+            assert res.stored is not None
+            if res.status != 201:  # an invoice for exactly these events exists, yet lists not all of them
+                raise Conflict(f"$payments: Invoice/{res.stored.id} has the identifier of this run's invoice "
+                               f"({inv['identifier'][0]['value']}) but does not list its events (edited?); "
+                               "cancel it and run again; nothing was written")
+            written["invoices"][rep.site] = res.stored.id
+        for inv in _settled(data):
             version = int(((inv.get("meta") or {}).get("versionId")) or 0)
-            res["meta"] = {k: v for k, v in (inv.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-            if not res["meta"]:
-                del res["meta"]
-            balanced.append(len(entries))
-            entries.append({"resource": res, "request": {"method": "PUT", "url": f"Invoice/{inv['id']}",
-                                                         "ifMatch": etag(version)}})
-    if not entries:
-        return {"invoices": {}, "charge_items": 0, "balanced": []}
-    res = await bundle.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries},
-                                   ctx, "minimal")
-    out = res.body["entry"]
-
-    def rid(i: int) -> str:
-        return (out[i].get("fullUrl") or out[i]["response"].get("location", "")).split("/_history")[0].rsplit("/", 1)[-1]
-    return {"invoices": {site: rid(i) for site, i in invoice_at.items()},
-            "charge_items": sum(1 for i, _ in charge_at if out[i]["response"]["status"].startswith("201")),
-            "balanced": [rid(i) for i in balanced]}
+            meta = {k: v for k, v in (inv.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+            balanced = {**{k: v for k, v in inv.items() if k != "meta"}, "status": "balanced",
+                        **({"meta": meta} if meta else {})}
+            await _write(ctx, raw, "PUT", f"Invoice/{inv['id']}", balanced, {"if-match": etag(version)})
+            written["balanced"].append(inv["id"])
+    return reports, written
 
 
 async def _audit(ctx: Context, study_id: str, written: dict[str, Any]) -> None:
@@ -434,7 +478,7 @@ def _line(ln: pay.Line, cur: str) -> list[dict[str, Any]]:
         parts += [{"name": "definition", "valueCanonical": ln.fee.canonical},
                   {"name": "rate", "valueMoney": _money(ln.fee.amount, ln.fee.currency)}]
         if ln.fee.factor:
-            parts.append({"name": "holdbackFactor", "valueDecimal": float(ln.fee.factor)})
+            parts.append({"name": "holdbackFactor", "valueDecimal": ln.fee.factor})
     if cur:
         for what in ("gross", "holdback", "net", "invoiced", "due"):
             parts.append({"name": what, "valueMoney": _money(getattr(ln, what), cur)})

@@ -114,6 +114,9 @@ def test_a_recorded_date_the_data_contradict_is_reported():
     # enrolled-75 of 4 is the 3rd enrolment: s1 has only 2 (a, c): not happened
     assert got[("t", "enrolled-75")].discrepancy == ms.Discrepancy(day("2026-04-20"), None)
     assert got[("t", "enrolled-75")].actual == day("2026-04-20")  # the recorded date stays
+    # ... but the state follows the data: not reached, no plan -> upcoming, with a forecast
+    assert got[("t", "enrolled-75")].state == "upcoming" and got[("t", "enrolled-75")].variance is None
+    assert got[("t", "enrolled-75")].forecast is not None
     assert got[("t", "enrolled-25")].discrepancy is None  # 1st enrolment, 02-10: agrees
     assert got[("s1", "first-subject-in")].discrepancy == ms.Discrepancy(day("2026-02-11"), day("2026-02-10"))
 
@@ -200,3 +203,26 @@ def test_x_provenance_reason_and_activity():
                 json.dumps({"resourceType": "Provenance", "reason": [{"text": "r" * 1025}]})):
         with pytest.raises(BadRequest):
             x_provenance(bad)
+
+
+def test_a_milestone_recorded_but_not_happened_is_overdue_by_the_data():
+    """first-subject-in planned 03-01 and recorded 03-05 at a site with no subject: the data say
+    it has not happened: overdue (D - plan with no rate to forecast from), the recorded date shown
+    and the discrepancy kept; first-site-activated recorded at the study while no site is
+    activated: overdue as well (no forecast: D - plan)."""
+    top = study("t", "study", 4, milestones=[("first-site-activated", False, "2026-02-01"),
+                                             ("first-site-activated", True, "2026-02-03")])
+    site = study("s1", "site", 4, "t", [("first-subject-in", False, "2026-03-01"),
+                                        ("first-subject-in", True, "2026-03-05")])
+    got = by_key(ms.milestones(top, [site], [], D))
+    fsi = got[("s1", "first-subject-in")]
+    assert (fsi.actual, fsi.source, fsi.derived, fsi.state) == (day("2026-03-05"), "recorded", None, "overdue")
+    assert fsi.discrepancy == ms.Discrepancy(day("2026-03-05"), None)
+    assert fsi.forecast is None and fsi.variance == 122  # 03-01 -> 07-01
+    fsa = got[("t", "first-site-activated")]
+    assert (fsa.actual, fsa.state, fsa.variance) == (day("2026-02-03"), "overdue", 150)  # 02-01 -> 07-01
+    assert fsa.discrepancy == ms.Discrepancy(day("2026-02-03"), None)
+    # once the data agree (a subject enrolled on 03-05), it is met-late, without discrepancy
+    got = by_key(ms.milestones(top, [site], [subject("x", "s1", ("on-study", "2026-03-05"))], D))
+    fsi = got[("s1", "first-subject-in")]
+    assert (fsi.state, fsi.variance, fsi.discrepancy) == ("met-late", 4, None)

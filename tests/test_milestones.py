@@ -292,6 +292,89 @@ async def test_portfolio_with_state_filter_and_search_parameters(client):
     assert {k[0] for k in report(r.json())} == {"ms2"}
 
 
+def party(role: str, org: str) -> dict:
+    return {"role": {"coding": [{"system": "http://hl7.org/fhir/research-study-party-role", "code": role}]},
+            "party": {"reference": f"Organization/{org}"}}
+
+
+async def test_portfolio_of_a_sponsor(client):
+    """R5 has no sponsor search parameter: profiles/SearchParameter-ResearchStudy-sponsor.json
+    (the party of an associatedParty with role sponsor or lead-sponsor). ``ms`` is sponsored by
+    org-a; ``ms2`` by org-b (lead-sponsor), with org-a only a collaborator."""
+    ms, ms2 = (dict(r) for r in RESOURCES if r["id"] in ("ms", "ms2"))
+    ms["associatedParty"] = [party("sponsor", "org-a")]
+    ms2["associatedParty"] = [party("collaborator", "org-a"), party("lead-sponsor", "org-b")]
+    orgs = [{"resourceType": "Organization", "id": o, "name": o} for o in ("org-a", "org-b")]
+    await load(client, [*orgs, *(ms if r["id"] == "ms" else ms2 if r["id"] == "ms2" else r for r in RESOURCES)])
+
+    async def ids(**params: str) -> list[str]:
+        r = await client.get("/ResearchStudy", params=params)
+        assert r.status_code == 200, r.text
+        return sorted(e["resource"]["id"] for e in r.json().get("entry", []))
+
+    assert await ids(sponsor="Organization/org-a") == ["ms"]
+    assert await ids(sponsor="Organization/org-b") == ["ms2"]
+    assert await ids(sponsor="org-b") == ["ms2"]
+    assert await ids(sponsor="Organization/org-a,Organization/org-b") == ["ms", "ms2"]
+    assert await ids(sponsor="Organization/nobody") == []
+    # a sponsor's sites and countries: a chain through part-of
+    assert await ids(**{"part-of:ResearchStudy.sponsor": "Organization/org-a"}) == ["ms-1", "ms-2", "ms-fr"]
+    # the portfolio: every milestone of the sponsor's studies, and only theirs
+    got = report(await get(client, "/ResearchStudy/$milestones", date=D, sponsor="Organization/org-b"))
+    assert set(got) == {("ms2", "protocol-approved"), ("ms2", "database-lock")}
+    got = report(await get(client, "/ResearchStudy/$milestones", date=D, state="overdue",
+                           sponsor="Organization/org-a"))
+    assert set(got) == {("ms", "last-subject-last-visit"), ("ms-3", "activated")}
+    r = await client.post("/ResearchStudy/$milestones", json={"resourceType": "Parameters", "parameter": [
+        {"name": "date", "valueDate": D}, {"name": "sponsor", "valueString": "Organization/org-b"}]})
+    assert r.status_code == 200, r.text
+    assert {k[0] for k in report(r.json())} == {"ms2"}
+    # the CapabilityStatement lists it
+    cap = (await client.get("/metadata")).json()
+    rs = next(x for x in cap["rest"][0]["resource"] if x["type"] == "ResearchStudy")
+    assert {"name": "sponsor", "type": "reference",
+            "definition": "http://fhir-ctms.org/fhir/SearchParameter/ResearchStudy-sponsor"} in rs["searchParam"]
+
+
+async def test_a_recorded_milestone_the_data_contradict_follows_the_data(client):
+    """ms-3 and ms-4 have no subject, yet ms-3 records first-subject-in on 06-20 (plan 07-02) and
+    ms-4 on 06-15 (plan 06-20). The data say neither happened: the recorded date is shown as the
+    actual, with the discrepancy, and the state is the data's: ms-3 at risk (its forecast, about
+    25 days away, is after the plan), ms-4 overdue (plan passed; forecast after its planned
+    activation on 09-01, so variance = forecast - plan > 0). Before the fix both were met-late/met
+    and a state=overdue or at-risk filter hid them."""
+    changed = []
+    for r in RESOURCES:
+        if r["id"] in ("ms-3", "ms-4"):
+            r = json.loads(json.dumps(r))
+            day, plan = ("2026-06-20", None) if r["id"] == "ms-3" else ("2026-06-15", "2026-06-20")
+            if plan:
+                r["progressStatus"].append({"state": {"coding": [{"system": SITE_MS, "code": "first-subject-in"}]},
+                                            "actual": False, "period": {"start": plan}})
+            r["progressStatus"].append({"state": {"coding": [{"system": SITE_MS, "code": "first-subject-in"}]},
+                                        "actual": True, "period": {"start": day}})
+        changed.append(r)
+    await load(client, changed)
+    got = report(await get(client, "/ResearchStudy/ms/$milestones", date=D))
+    m3, m4 = got[("ms-3", "first-subject-in")], got[("ms-4", "first-subject-in")]
+    assert (m3["planned"], m3["actual"], m3["source"], m3["state"]) == ("2026-07-02", "2026-06-20", "recorded", "at-risk")
+    assert m3["variance"] == (dt(m3["forecast"]) - dt("2026-07-02")).days > 0
+    assert "derived" not in m3
+    assert m3["discrepancy"] == {"recorded": "2026-06-20",
+                                 "text": "recorded 2026-06-20, the data show it has not happened"}
+    assert (m4["planned"], m4["actual"], m4["state"]) == ("2026-06-20", "2026-06-15", "overdue")
+    assert m4["forecast"] > "2026-09-01" and m4["variance"] == (dt(m4["forecast"]) - dt("2026-06-20")).days
+    assert m4["discrepancy"]["recorded"] == "2026-06-15"
+    # the state filters find them
+    assert ("ms-4", "first-subject-in") in report(await get(client, "/ResearchStudy/$milestones", date=D, state="overdue"))
+    assert ("ms-3", "first-subject-in") in report(await get(client, "/ResearchStudy/ms/$milestones", date=D, state="at-risk"))
+    assert not {("ms-3", "first-subject-in"), ("ms-4", "first-subject-in")} & set(
+        report(await get(client, "/ResearchStudy/ms/$milestones", date=D, state="met,met-late")))
+    # the rest of the report is unchanged
+    for key, (planned, actual, source, variance, state) in EXPECTED.items():
+        assert (got[key].get("actual"), got[key]["state"]) == (actual, state), key
+
+
 async def test_csv(client):
     await load(client, RESOURCES)
     r = await client.get("/ResearchStudy/ms/$milestones", params={"date": D, "_format": "csv"})
@@ -383,6 +466,11 @@ async def test_the_example_study(client):
                               headers={"Content-Type": "application/fhir+json"})
         assert r.status_code == 200, r.text[:500]
     got = report(await get(client, "/ResearchStudy/acme-101/$milestones", date="2026-11-23"))
+    # the sponsor's portfolio is the same study
+    r = await client.get("/ResearchStudy", params={"sponsor": "Organization/sponsor-acme"})
+    assert [e["resource"]["id"] for e in r.json()["entry"]] == ["acme-101"]
+    assert report(await get(client, "/ResearchStudy/$milestones", date="2026-11-23",
+                            sponsor="Organization/sponsor-acme")) == got
     def row(rid, code):
         x = got[(rid, code)]
         return x.get("planned"), x.get("actual"), x.get("source"), x.get("variance"), x["state"]
@@ -414,6 +502,11 @@ async def test_the_example_study(client):
     # planned, not yet due
     assert row("site-gb-03", "activated") == ("2027-01-20", None, None, None, "upcoming")
     assert row("site-fr-02", "siv-done") == ("2026-12-01", None, None, None, "upcoming")
+    # far in the future: the enrolment forecasts would fall after 9999-12-31 (no 500)
+    for date in ("9990-01-01", "9999-12-31"):
+        late = report(await get(client, "/ResearchStudy/acme-101/$milestones", date=date))
+        assert late[("acme-101", "last-subject-in")]["state"] == "overdue"
+        assert all("forecast" not in x or x["forecast"] <= "9999-12-31" for x in late.values())
 
 
 VISIT_PLAN = "http://fhir-ctms.org/fhir/sid/visit-plan"
@@ -464,3 +557,31 @@ async def test_last_subject_last_visit_derived_from_the_visits(client):
     assert got[("lv", "last-subject-in")]["actual"] == "2026-03-01"  # closed on 04-01 already
     got = report(await get(client, "/ResearchStudy/lv/$milestones", date="2026-03-15"))
     assert ("lv", "last-subject-in") not in got  # no plan, not closed: nothing to list
+
+
+async def test_forecasts_after_the_calendar_are_omitted(client):
+    """Study ``ff`` runs in year 9999: site ff-1 activated 9999-01-01 enrolls a subject a month
+    (10 by 9999-10-15, about 0.03 a day); target 20. On 9999-12-20 the 15th (enrolled-75) and
+    20th (last-subject-in) enrolments are months away, after 9999-12-31: no forecast date (as
+    ``$enrollment``), a note, and the plans (9999-12-25, 9999-12-30) are at risk; never a 500."""
+    subjects = [subject(f"ff-s{m}", "ff-1", ("on-study", f"9999-{m:02d}-15")) for m in range(1, 11)]
+    await load(client, [
+        study("ff", "study", 20, milestones=[("enrolled-75", P, "9999-12-25"),
+                                             ("last-subject-in", P, "9999-12-30")]),
+        study("ff-1", "site", 20, "ff", [("activated", A, "9999-01-01")]), *subjects])
+    got = report(await get(client, "/ResearchStudy/ff/$milestones", date="9999-12-20"))
+    for code in ("enrolled-75", "last-subject-in"):
+        row = got[("ff", code)]
+        assert "forecast" not in row and "actual" not in row, row
+        assert row["forecastNote"] == "beyond the last date of the calendar (9999-12-31)"
+        assert row["state"] == "at-risk" and "variance" not in row
+    assert got[("ff", "first-subject-in")]["actual"] == "9999-01-15"
+    assert got[("ff", "enrolled-25")]["actual"] == "9999-05-15"  # the 5th
+    # on the last day: the plans are past, so overdue; the portfolio answers too
+    got = report(await get(client, "/ResearchStudy/$milestones", date="9999-12-31"))
+    assert got[("ff", "last-subject-in")]["state"] == "overdue"
+    assert got[("ff", "last-subject-in")]["variance"] == 1  # D - plan
+    # and the first day of the calendar: nothing has happened yet, every plan is upcoming
+    got = report(await get(client, "/ResearchStudy/$milestones", date="0001-01-01"))
+    assert {k: row["state"] for k, row in got.items()} == {
+        ("ff", "enrolled-75"): "upcoming", ("ff", "last-subject-in"): "upcoming"}

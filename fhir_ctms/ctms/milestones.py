@@ -39,7 +39,10 @@ Per level and milestone code:
 - the actual date is the recorded one when there is one (source ``recorded``), else the derived
   one (source ``derived``). When both exist and differ, or a milestone is recorded that the data
   show has not happened (a recorded ``first-subject-in`` with no enrolment), the milestone
-  carries a discrepancy (both dates; the recorded one stays the actual);
+  carries a discrepancy (both dates; the recorded one stays the actual). A milestone the data
+  show has not happened keeps its recorded date as the actual, but its forecast, state and
+  variance follow the data, as if nothing were recorded (``overdue``, ``at-risk`` or
+  ``upcoming``; ``upcoming`` without a plan), so a state filter does not hide it;
 - forecast (enrolment milestones only: ``first-subject-in``, ``enrolled-25/50/75``,
   ``last-subject-in`` at 100 % of the target): the date the k-th enrolment is expected, by the
   ``$enrollment`` model (``ctms.forecast.time_to_target`` of the k − enrolled remaining recruits,
@@ -182,7 +185,8 @@ def needed(code: str, target: int | None) -> int | None:
 def forecast_date(lv: en.Level, k: int, fit: fc.Fit | None, as_of: dt.date, *,
                   draws: int = fc.DRAWS, seed: int = fc.SEED) -> tuple[dt.date | None, str | None]:
     """The forecast date of the level's k-th enrolment (as ``$enrollment`` forecasts its
-    target): (date, None), or (None, why not). A date beyond the horizon: (None, "beyond ...")."""
+    target): (date, None), or (None, why not). A date beyond the horizon or after 9999-12-31:
+    (None, "beyond ...")."""
     remaining = k - lv.counts.enrolled
     if remaining <= 0:
         return kth(lv.enrolment_dates, k), None
@@ -203,7 +207,10 @@ def forecast_date(lv: en.Level, k: int, fit: fc.Fit | None, as_of: dt.date, *,
         return None, "no open or planned site"
     if not math.isfinite(result.median) or result.median > en.HORIZON_YEARS * 365.25:
         return None, f"beyond {en.HORIZON_YEARS} years at the present rate"
-    return as_of + dt.timedelta(days=int(math.floor(result.median))), None
+    try:
+        return as_of + dt.timedelta(days=int(math.floor(result.median))), None
+    except OverflowError:  # as $enrollment: no date after the calendar's last (9999-12-31)
+        return None, "beyond the last date of the calendar (9999-12-31)"
 
 
 def _state(planned: dt.date | None, actual: dt.date | None, forecast: dt.date | None,
@@ -212,7 +219,8 @@ def _state(planned: dt.date | None, actual: dt.date | None, forecast: dt.date | 
         if planned is None:
             return "met", None
         return ("met" if actual <= planned else "met-late"), (actual - planned).days
-    assert planned is not None
+    if planned is None:  # recorded without a plan, but the data say not yet: nothing is late
+        return "upcoming", None
     if planned < as_of:
         return "overdue", ((forecast if forecast is not None else as_of) - planned).days
     if beyond or (forecast is not None and forecast > planned):
@@ -330,16 +338,18 @@ def milestones(study: dict[str, Any], children: list[dict[str, Any]],
             discrepancy = None
             if e.recorded and derivable and derived != e.recorded:
                 discrepancy = Discrepancy(e.recorded, derived)
+            # recorded, but the data show it has not happened: the state follows the data
+            happened = None if discrepancy is not None and derived is None else actual
             forecast = note = None
             beyond = False
-            if actual is None and code in ENROLMENT and lv.level in ("study", "site", "country"):
+            if happened is None and code in ENROLMENT and lv.level in ("study", "site", "country"):
                 k = needed(code, lv.target)
                 if k is None:
                     note = "no target"
                 else:
                     forecast, note = forecast_date(lv, k, rep.fit, as_of, draws=draws, seed=seed)
                     beyond = forecast is None and bool(note) and note.startswith("beyond")
-            state, variance = _state(e.planned, actual, forecast, beyond, as_of)
+            state, variance = _state(e.planned, happened, forecast, beyond, as_of)
             system = e.system or (STUDY_SYSTEM if lv.level == "study" else SITE_SYSTEM)
             out.append(Milestone(lv.level, lv.id, lv.title, code, system,
                                  _display(system, code, e.display), e.planned, actual, source,

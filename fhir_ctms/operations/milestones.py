@@ -8,7 +8,8 @@ actual milestones of a study, its countries and sites, or of every study that ma
 - ``GET|POST [base]/ResearchStudy/$milestones[?date=...][&state=...][&<search parameters>]``:
   the same for every study-level ResearchStudy (classifier ``study-level|study``) the search
   finds. Every input other than ``date`` and ``state`` is a ResearchStudy search parameter
-  (``status``, ``phase``, ``identifier``, ``title``, ``region``, ``_id``, ``_lastUpdated``...; a
+  (``status``, ``phase``, ``identifier``, ``title``, ``region``, ``sponsor`` (the custom
+  SearchParameter ``ResearchStudy-sponsor``: a sponsor's portfolio), ``_id``, ``_lastUpdated``...; a
   POST gives them as string parameters): they go through the server's search parser (an
   unknown or unsupported one is a 400), AND-ed with the classifier; the result parameters
   (``_count``, ``_sort``, ``_include``...) are refused, and ResearchStudy's own ``date`` search

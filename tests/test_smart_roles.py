@@ -198,6 +198,14 @@ async def test_a_monitor_gets_the_monitor_scopes_and_the_api_enforces_them(smart
     finding = {"resourceType": "DetectedIssue", "status": "final"}
     assert (await http.post("/DetectedIssue", json=finding, headers=h)).status_code == 201
     assert (await http.put("/DetectedIssue/dev-1", json={**finding, "id": "dev-1"}, headers=h)).status_code == 200
+    # the AuditEvent of the change names the user's role
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT content FROM resources WHERE res_type = 'AuditEvent'"))).all()
+    events = [json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in rows]
+    written = [e for e in events if any(en.get("what", {}).get("reference", "").startswith("DetectedIssue/dev-1")
+                                        for en in e.get("entity", []))]
+    # (the fixture wrote dev-1 first, without a token: no role there)
+    assert sorted(str(e["agent"][0].get("role")) for e in written) == ["None", str([{"text": "monitor"}])]
     assert (await http.delete("/DetectedIssue/dev-1", headers=h)).status_code == 403
     assert (await http.post("/Patient", json={"resourceType": "Patient"}, headers=h)).status_code == 403
     assert (await http.get("/Invoice/inv-1", headers=h)).status_code == 403

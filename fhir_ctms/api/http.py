@@ -135,7 +135,7 @@ def actor(inc: Incoming, grant: AccessGrant | None) -> Actor:
     if reference and reference.startswith(inc.base + "/"):
         reference = reference[len(inc.base) + 1:]
     return Actor(display=grant.subject or grant.client_id, reference=reference or None, address=inc.client,
-                 client=grant.client_id or None)
+                 client=grant.client_id or None, roles=tuple(grant.roles))
 
 
 def fhir_request(inc: Incoming, match: Match, body: bytes = b"",

@@ -87,12 +87,19 @@ class Actor:
     address: str | None = None
     #: the OAuth client id (None: no token)
     client: str | None = None
+    #: the user's roles (auth/roles.py: they narrowed its user/ scopes), as the agent's role
+    roles: tuple[str, ...] = ()
 
     def as_reference(self) -> dict[str, str]:
         ref = {"display": self.display}
         if self.reference:
             ref["reference"] = self.reference
         return ref
+
+    def role(self) -> list[dict[str, str]]:
+        """The roles as the agent's ``role`` (CodeableConcepts with text: the names come from
+        the deployment's role mapping, not from a code system)."""
+        return [{"text": r} for r in self.roles]
 
     def client_reference(self) -> dict[str, str]:
         """The client application (AuditEvent's "Source Role ID" agent)."""
@@ -116,6 +123,7 @@ def provenance(target: str, interaction: str, recorded: str, actor: Actor, reaso
         "activity": done,
         "agent": [
             {"type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "author"}]},
+             **({"role": actor.role()} if actor.roles else {}),
              "who": actor.as_reference()},
             {"type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "custodian"}]},
              "who": {"display": source_name}},
@@ -129,6 +137,8 @@ def audit_event(target: str, interaction: str, recorded: str, actor: Actor, reas
     _, action = _ACTIVITY[interaction]
     user = {"type": {"coding": [{"system": V3_PARTICIPATION, "code": "AUT", "display": "author (originator)"}]},
              "who": actor.as_reference(), "requestor": True}
+    if actor.roles:
+        user["role"] = actor.role()
     client: dict[str, Any] = {
         "type": {"coding": [{"system": DICOM, "code": "110153", "display": "Source Role ID"}]},
         "who": actor.client_reference(), "requestor": False}

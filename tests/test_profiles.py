@@ -982,16 +982,19 @@ async def test_site_protocol_and_research_study_are_searchable(client) -> None:
 # --------------------------------------------------------------------------- the payments extensions
 
 
-def test_payment_extension_invariants_hold_where_the_resource_is_not_theirs() -> None:
-    """The invariants of payable-event-detail and read-only-unless read ``%resource``; inside a
-    collection Bundle the validator's ``%resource`` is the Bundle, where they hold vacuously
-    (the cardinalities and types of the extensions are still checked) rather than failing it."""
+def test_extension_invariants_read_the_entry_resource_inside_a_bundle() -> None:
+    """FHIRPath's ``%resource`` is the resource containing the node: inside a Bundle, the entry's
+    resource (``%rootResource`` is the Bundle). So the invariants of payable-event-detail and
+    read-only-unless hold for valid entries and catch a bad one inside a collection Bundle."""
     bundle = {"resourceType": "Bundle", "type": "collection",
               "entry": [{"resource": payments_operation()}, {"resource": fee()}]}
     assert _issues(bundle) == []
     bundle["entry"][1]["resource"]["extension"][1] = {"url": C + "per-site-cap", "valueInteger": 2}
     assert [i.expression for i in _issues(bundle)] == [
         ("Bundle.entry[1].resource.extension[1].valueInteger",)]
+    bad = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": fee()}]}
+    bad["entry"][0]["resource"]["extension"][0]["valueString"] = "randomized"
+    assert any("ctms-payable-event-detail-1" in i.diagnostics for i in _issues(bad))
 
 
 async def test_fees_and_operations_are_checked_on_write(client) -> None:

@@ -164,10 +164,12 @@ def _check_extensions(resource: dict[str, Any]) -> list[Issue]:
     known = _extensions()
     issues: list[Issue] = []
     rtype = resource.get("resourceType", "")
-    # (JSON node, FHIRPath expression, element path) of each object, depth first
-    stack: list[tuple[Any, str, str]] = [(resource, rtype, rtype)]
+    # (JSON node, FHIRPath expression, element path, the nearest resource) of each object, depth
+    # first: an extension's invariants see that resource as %resource (FHIRPath: the resource
+    # containing the node; a Bundle entry's, a contained one's), the outermost as %rootResource
+    stack: list[tuple[Any, str, str, dict[str, Any]]] = [(resource, rtype, rtype, resource)]
     while stack:
-        node, expr, path = stack.pop()
+        node, expr, path, nearest = stack.pop()
         for key, value in node.items():
             if key == "resourceType" or key.startswith("_"):
                 continue
@@ -178,7 +180,7 @@ def _check_extensions(resource: dict[str, Any]) -> list[Issue]:
                     continue
                 where = f"{expr}.{key}[{i}]" if many else f"{expr}.{key}"
                 if "resourceType" in item:  # contained / nested resources: their own root
-                    stack.append((item, where, item["resourceType"]))
+                    stack.append((item, where, item["resourceType"], item))
                     continue
                 url = item.get("url") if key in ("extension", "modifierExtension") else None
                 if isinstance(url, str) and url.startswith(CANONICAL):
@@ -192,7 +194,7 @@ def _check_extensions(resource: dict[str, Any]) -> list[Issue]:
                             issues.append(Issue("extension", f"{where}: the extension {url} is not "
                                                 f"allowed on {path} (only on "
                                                 f"{', '.join(ext.contexts)})", expression=(where,)))
-                        issues.extend(ext.validate(item, resource, where))
+                        issues.extend(ext.validate(item, nearest, where, root=resource))
                     continue
-                stack.append((item, where, f"{path}.{key}"))
+                stack.append((item, where, f"{path}.{key}", nearest))
     return issues

@@ -110,11 +110,12 @@ class Profile:
     contexts: tuple[str, ...] = ()
 
     def validate(self, value: dict[str, Any], resource: dict[str, Any] | None = None,
-                 expression: str | None = None) -> list[Issue]:
+                 expression: str | None = None, root: dict[str, Any] | None = None) -> list[Issue]:
         """The issues of ``value`` (a resource, or for an extension the extension's JSON within
-        ``resource`` at ``expression``)."""
+        ``resource`` at ``expression``; ``root`` the outermost resource when ``resource`` is a
+        Bundle entry's or a contained one)."""
         issues: list[Issue] = []
-        env = {"resource": resource or value, "rootResource": resource or value}
+        env = {"resource": resource or value, "rootResource": root or resource or value}
         _check_item(self.root, value, expression or self.type, env, issues, self)
         return issues
 

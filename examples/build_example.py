@@ -594,9 +594,15 @@ def protocol(version: str) -> dict[str, Any]:
     return out
 
 
-def organization(oid: str, name: str, kind: str, city: str | None = None, country: str | None = None) -> dict[str, Any]:
-    out = {"resourceType": "Organization", "id": oid, "active": True,
-           "type": [concept("http://terminology.hl7.org/CodeSystem/organization-type", kind)], "name": name}
+VENDOR = f"{CTMS}/sid/vendor"  # the sponsor's accounts-payable vendor number of a site's institution
+
+
+def organization(oid: str, name: str, kind: str, city: str | None = None, country: str | None = None,
+                 vendor: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"resourceType": "Organization", "id": oid}
+    if vendor:
+        out["identifier"] = [{"system": VENDOR, "value": vendor}]
+    out.update(active=True, type=[concept("http://terminology.hl7.org/CodeSystem/organization-type", kind)], name=name)
     if city:
         out["contact"] = [{"address": {"city": city, "country": country}}]
     return out
@@ -837,6 +843,21 @@ def encounter(s: Subject, a: Appt) -> dict[str, Any]:
                     serviceProvider=ref("Organization", f"org-{s.site.num}"))
 
 
+SCT = "http://snomed.info/sct"
+CT_SCAN = (SCT, "77477000", "Computerized axial tomography")
+CT_CODE = f"{SCT}|{CT_SCAN[1]}"  # how a procedure fee names it (payable-event-detail: system|code)
+CT_VISIT = "w12"  # the protocol's chest CT, done at the week 12 visit
+
+
+def procedure(s: Subject, a: Appt) -> dict[str, Any]:
+    """The chest CT scan done at a week 12 visit (a payable procedure)."""
+    assert a.actual is not None
+    return {"resourceType": "Procedure", "id": f"proc-{s.key}-{a.action}-ct", "status": "completed",
+            "code": concept(*CT_SCAN, text="CT scan of the chest"), "subject": ref("Patient", f"pat-{s.key}"),
+            "encounter": ref("Encounter", f"enc-{s.key}-{a.action}"),
+            "occurrenceDateTime": f"{a.actual.isoformat()}T10:00:00Z"}
+
+
 def visit_resources(s: Subject, bundle: int) -> list[dict[str, Any]]:
     if bundle not in s.plan_version:
         return []
@@ -845,6 +866,8 @@ def visit_resources(s: Subject, bundle: int) -> list[dict[str, Any]]:
         out.append(appointment(s, a))
         if a.status == "fulfilled":
             out.append(encounter(s, a))
+            if a.action == CT_VISIT:
+                out.append(procedure(s, a))
     return out
 
 
@@ -863,7 +886,8 @@ def bundles() -> tuple[dict[str, Any], dict[str, Any]]:
         organization("cro-northwind", "Northwind Clinical Research Ltd", "bus", "Reading", "GB"),
         protocol("1.0"), study(subs, "1.0"), *[country(*c) for c in COUNTRIES]]
     for site in SITES:
-        first.append(organization(f"org-{site.num}", site.institution, "prov", site.city, site.country))
+        first.append(organization(f"org-{site.num}", site.institution, "prov", site.city, site.country,
+                                  f"V-{site.num.upper()}"))
         first.append({"resourceType": "Location", "id": f"loc-{site.num}", "status": "active", "name": site.unit,
                       "mode": "instance", "address": {"city": site.city, "country": site.country},
                       "managingOrganization": ref("Organization", f"org-{site.num}")})
@@ -910,6 +934,9 @@ FEES: list[Fee] = [
     ("gb-screen-failure", "screen-failure", None, "GB", "GBP", "150.00", "0", None, 2, "2025-01-01", 1),
     ("gb-start-up", "site-milestone", "activated", "GB", "GBP", "5000.00", "0", None, None, "2025-01-01", 1),
     ("gb-close-out", "site-milestone", "closed", "GB", "GBP", "2000.00", "0", None, None, "2025-01-01", 1),
+    # a procedure: the chest CT scan of the week 12 visit, by its SNOMED CT code
+    ("eur-ct-scan", "procedure", CT_CODE, "study", "EUR", "320.00", "0.10", None, None, "2025-01-01", 1),
+    ("gb-ct-scan", "procedure", CT_CODE, "GB", "GBP", "280.00", "0.10", None, None, "2025-01-01", 1),
     # amendment 2.0: the wider week 8 window pays more, the new week 20 visit is paid
     ("eur-visit-w8-v2", "visit-completed", "w8", "study", "EUR", "420.00", "0.10", "2.0", None, "2026-06-15", 2),
     ("eur-visit-w20", "visit-completed", "w20", "study", "EUR", "400.00", "0.10", "2.0", None, "2026-06-15", 2),
@@ -940,7 +967,8 @@ def charge_item_definition(f: Fee) -> dict[str, Any]:
     if factor != "0":
         comps.append({"type": "deduction", "code": concept(f"{CS}/payable-event", "holdback"), "factor": float(factor)})
     where = "the study" if scope == "study" else scope
-    out: dict[str, Any] = {"resourceType": "ChargeItemDefinition", "id": f"fee-{fid}"}
+    out: dict[str, Any] = {"resourceType": "ChargeItemDefinition", "id": f"fee-{fid}",
+                           "meta": {"profile": [f"{SD}/ctms-fee"]}}
     if ext:
         out["extension"] = ext
     out.update(url=f"{FEE_BASE}/acme-101-{fid}", version="1", name=f"ACME101Fee{fid.title().replace('-', '')}",
@@ -989,6 +1017,9 @@ def site_payments(site: Site, subs: list[Subject], start: dt.date, end: dt.date)
             if a.status == "fulfilled" and a.actual:
                 issue = no_consent or ("out-of-window" if not a.low <= a.actual <= a.high else None)
                 events.append((a.actual, f"visit/{s.id}/{a.action}", "visit-completed", a.action, a.version, issue))
+                if a.action == CT_VISIT:  # its CT scan: paid whether or not the visit was in its window
+                    events.append((a.actual, f"procedure/proc-{s.key}-{a.action}-ct", "procedure", CT_CODE,
+                                   a.version, no_consent))
     events.sort(key=lambda e: (e[0], e[1]))
     rows: list[tuple[dt.date, str, str, str, Decimal, Decimal]] = []
     counted: Counter[str] = Counter()
@@ -1033,7 +1064,7 @@ def rate_changes(site: Site, rows: list[list[str]], start: dt.date, end: dt.date
 
 
 def payments_section(subs: list[Subject]) -> str:
-    fee_rows = [[f"`fee-{f[0]}`", f[1], f[2] or "(any)", f[3], f"{f[5]} {f[4]}",
+    fee_rows = [[f"`fee-{f[0]}`", f[1], (f[2] or "(any)").replace("|", "\\|"), f[3], f"{f[5]} {f[4]}",
                  f"{int(Decimal(f[6]) * 100)} %" if f[6] != "0" else "-", f[7] or "(any)",
                  str(f[8]) if f[8] else "-", f[9], f[10]] for f in FEES]
     out = ["## Fee schedule and payments", "",
@@ -1041,8 +1072,11 @@ def payments_section(subs: list[Subject]) -> str:
            f"`{FEE_BASE}/acme-101-<id>|1`), each with `useContext` program = the study and, for a country "
            "or site rate, `venue`; the rules (which definition applies, rounding, holdback, caps, what is "
            "reported and not paid) are in [`profiles/README.md`](../profiles/README.md) (\"Fee schedules and "
-           "payments\"). German and French sites are paid in EUR, British sites in GBP. The amendment bundle "
-           "adds the 2.0 rates (effective from the approval of 2.0).", "",
+           "payments\"). German and French sites are paid in EUR, British sites in GBP (a site's currency is that "
+           "of its country's fees, else of the study-wide ones). Every fee claims the profile `ctms-fee`. The "
+           "procedure fee pays the chest CT scan done at each week 12 visit (`Procedure/proc-<site>-<n>-w12-ct`, "
+           f"`completed`, code SNOMED CT {CT_SCAN[1]}, `encounter` the visit): its detail names the code as "
+           f"`{CT_CODE}`. The amendment bundle adds the 2.0 rates (effective from the approval of 2.0).", "",
            md_table(["definition", "event", "detail", "scope", "amount", "holdback", "protocol", "cap per site",
                      "from", "bundle"], fee_rows), ""]
     for sid, start, end in PAYMENT_EXAMPLES:
@@ -1129,7 +1163,11 @@ four weeks, else `proposed`).
   `http://fhir-ctms.org/fhir/sid/planned-visit|<ResearchSubject id>/<visit>`, `requestedPeriod`
   the window, `start` the target day at 00:00Z, `end` the next day) and an Encounter
   (`enc-<site>-<n>-<visit>`, ctms-study-visit) for each visit done. Subjects who never reached
-  Day 1 (screening, screen failures, consent withdrawn in screening) have no visit plan.
+  Day 1 (screening, screen failures, consent withdrawn in screening) have no visit plan. Each
+  week 12 visit done has its chest CT scan, a `completed` Procedure (`proc-<site>-<n>-w12-ct`,
+  SNOMED CT 77477000, `encounter` the visit), paid under the procedure fee below.
+- Institutions (`org-<site>`) carry the sponsor's vendor number (identifier
+  `http://fhir-ctms.org/fhir/sid/vendor`, e.g. `V-GB-01`): the payee of `$payment-file`.
 
 ## The protocol (`PlanDefinition?url=http://fhir-ctms.org/fhir/PlanDefinition/acme-101-protocol`)
 

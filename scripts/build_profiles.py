@@ -11,10 +11,21 @@ For each one this script writes ``profiles/StructureDefinition-<id>.json``: the 
 snapshot, the base type's snapshot from ``hl7.fhir.r5.core`` 5.0.0 with the differential applied
 (``min``/``max``, ``type``, ``fixed[x]``/``pattern[x]``, ``binding``, ``mustSupport``, texts
 replaced; constraints added). A differential element must exist in the base snapshot (the
-profiles constrain datatype internals by FHIRPath invariants, not by new elements), except the
-url slices of ``Extension.extension`` in a complex extension, whose elements are those of the
-Extension type. A narrowed cardinality must lie inside the base's. The build is deterministic,
-so ``--check`` (and tests/test_profiles.py) can tell when a committed file drifts.
+profiles constrain datatype internals by FHIRPath invariants, not by new elements), except
+slices of extensions (R5 profiling.html#slicing; nothing else is sliced), each placed in the
+snapshot after the element it slices and that element's earlier slices, with the id
+``<element id>:<sliceName>`` and the element's path:
+
+- the url slices of ``Extension.extension`` in a complex extension: the slice and, below it, the
+  elements of the Extension type (its ``url`` fixed by the differential);
+- the slices of a resource's (or an element's) ``extension`` by the extension they hold: the
+  slice element alone, its ``type`` ``[{code: Extension, profile: [<the extension's
+  canonical>]}]`` (the extension's own elements are in its StructureDefinition, as the R5
+  snapshots of extension slices have them).
+
+Every sliced element must carry ``slicing`` (discriminator ``value`` on ``url``), from the
+base or the differential. A narrowed cardinality must lie inside the base's. The build is
+deterministic, so ``--check`` (and tests/test_profiles.py) can tell when a committed file drifts.
 
 It also copies the official OperationDefinition ``Resource-validate`` (``$validate``) from the
 package into ``profiles/``.
@@ -140,13 +151,16 @@ def _merge(target: dict[str, Any], diff: dict[str, Any], where: str) -> None:
 
 
 def _slice_elements(slice_id: str, sliced: dict[str, Any],
-                    extension_sd: dict[str, Any]) -> list[dict[str, Any]]:
-    """The elements of a url slice of ``Extension.extension``: the sliced element as its root,
-    the Extension type's elements as its children."""
+                    extension_sd: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The elements of a slice of an extension element: the sliced element as its root and,
+    for a url slice of a complex extension (``extension_sd`` given), the Extension type's
+    elements as its children."""
     root = copy.deepcopy(sliced)
     root.pop("slicing", None)
     root["id"] = slice_id
     out = [root]
+    if extension_sd is None:
+        return out
     for e in extension_sd["snapshot"]["element"][1:]:
         child = copy.deepcopy(e)
         child["id"] = slice_id + e["id"][len("Extension"):]
@@ -167,13 +181,36 @@ def snapshot(src: dict[str, Any], diff: list[dict[str, Any]], base_sd: dict[str,
                                  f"{base_sd['type']} (constrain datatype internals with an invariant)")
             if elements[ids.index(head)]["type"][0]["code"] != "Extension":
                 raise SystemExit(f"{src['id']}: {d['id']}: only extensions are sliced (by url)")
+            if d.get("sliceName") != name:
+                raise SystemExit(f"{src['id']}: {d['id']}: sliceName must be {name!r}")
+            complex_part = src["type"] == "Extension" and head == "Extension.extension"
+            if not complex_part and _slice_profile(d) is None:
+                raise SystemExit(f"{src['id']}: {d['id']}: an extension slice has the type "
+                                 "[{code: Extension, profile: [<the extension's canonical>]}]")
             last = max(i for i, x in enumerate(ids)
                        if x == head or x.startswith(head + ".") or x.startswith(head + ":"))
             original = next(e for e in base_sd["snapshot"]["element"] if e["id"] == head)
-            elements[last + 1:last + 1] = _slice_elements(d["id"], original, extension_sd)
+            elements[last + 1:last + 1] = _slice_elements(
+                d["id"], original, extension_sd if complex_part else None)
             ids = [e["id"] for e in elements]
         _merge(elements[ids.index(d["id"])], d, f"{src['id']}: {d['id']}")
+    by_id = {e["id"]: e for e in elements}
+    for e in elements:
+        if "sliceName" in e:
+            slicing = by_id[e["id"].rpartition(":")[0]].get("slicing") or {}
+            if {"type": "value", "path": "url"} not in slicing.get("discriminator", []):
+                raise SystemExit(f"{src['id']}: {e['id']}: the sliced element has no slicing "
+                                 "(discriminator value on url)")
     return [_ordered(e) for e in elements]
+
+
+def _slice_profile(element: dict[str, Any]) -> str | None:
+    """The one extension a slice of an extension element holds (its type's profile)."""
+    types = element.get("type") or []
+    if len(types) == 1 and types[0].get("code") == "Extension" and \
+            len(types[0].get("profile") or []) == 1:
+        return types[0]["profile"][0]
+    return None
 
 
 def name_of(profile_id: str) -> str:

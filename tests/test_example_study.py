@@ -164,7 +164,8 @@ def test_files_are_what_the_script_writes():
 def test_ids_are_fixed_and_every_resource_claims_its_profile():
     expected = {"ResearchSubject": "ctms-subject", "PractitionerRole": "ctms-site-staff",
                 "Practitioner": "ctms-investigator", "PlanDefinition": "ctms-protocol",
-                "CarePlan": "ctms-visit-plan", "Appointment": "ctms-planned-visit", "Encounter": "ctms-study-visit"}
+                "CarePlan": "ctms-visit-plan", "Appointment": "ctms-planned-visit", "Encounter": "ctms-study-visit",
+                "ChargeItemDefinition": "ctms-fee"}
     levels = {"study": "ctms-study", "country": "ctms-country", "site": "ctms-site"}
     for path in FILES:
         b = bundle(path)
@@ -192,7 +193,7 @@ def test_every_resource_conforms_to_the_profile_it_claims():
                 checked[r["meta"]["profile"][0].rsplit("/", 1)[1]] += 1
     assert set(checked) == {"ctms-study", "ctms-country", "ctms-site", "ctms-subject", "ctms-site-staff",
                             "ctms-investigator", "ctms-protocol", "ctms-visit-plan", "ctms-planned-visit",
-                            "ctms-study-visit"}
+                            "ctms-study-visit", "ctms-fee"}
 
 
 def test_the_example_has_what_the_issue_asks_for():
@@ -229,6 +230,22 @@ def test_the_example_has_what_the_issue_asks_for():
         assert re.fullmatch(r"\d{4}", pat["birthDate"]) and pat["gender"] in ("female", "male")
         assert [(i["system"], i["value"] in numbers) for i in pat["identifier"]] == [
             ("http://acme-therapeutics.example.org/acme-101/subject-number", True)]
+    # payments: a procedure fee naming the CT scan's code, the CT scans of the week 12 visits as
+    # completed Procedures at those visits, and every site institution with a vendor number
+    encounters = {r["id"]: r for r in everything if r["resourceType"] == "Encounter"}
+    procedures = [r for r in everything if r["resourceType"] == "Procedure"]
+    assert procedures and len(procedures) == sum(e["id"].endswith("-w12") for e in encounters.values())
+    for proc in procedures:
+        enc = encounters[proc["encounter"]["reference"].split("/")[1]]
+        assert proc["status"] == "completed" and proc["subject"] == enc["subject"] and enc["id"].endswith("-w12")
+        assert proc["occurrenceDateTime"][:10] == enc["actualPeriod"]["start"][:10]
+        assert proc["code"]["coding"][0]["system"] == "http://snomed.info/sct"
+    fees = [r for r in everything if r["resourceType"] == "ChargeItemDefinition"]
+    ct = {e["valueString"] for f in fees if f["code"]["coding"][0]["code"] == "procedure" for e in f["extension"]}
+    assert ct == {"http://snomed.info/sct|77477000"}
+    institutions = [r for r in everything if r["resourceType"] == "Organization" and r["id"].startswith("org-")]
+    assert len(institutions) == 8 and all(
+        [i["system"] for i in o["identifier"]] == [f"{CTMS}/sid/vendor"] for o in institutions)
     quals = [q for r in everything if r["resourceType"] == "Practitioner" for q in r["qualification"]]
     assert {code(q["code"]) for q in quals} >= {"gcp-training", "medical-licence"}
     assert any(dt.date.fromisoformat(q["period"]["end"]) < TODAY for q in quals)  # one expired

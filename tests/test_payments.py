@@ -490,9 +490,7 @@ async def test_invoice_issued_balanced_and_payment_file(client):
     out = await payments(client, method="POST", site="site-fr", persist=True)
     assert "balanced" not in {p["name"] for p in out["parameter"]}  # 2000.00 < 2666.50
     assert (await client.get(f"/{ref}")).json()["status"] == "issued"
-    await notice("pn-2", 666.50)
-    out = await payments(client, method="POST", site="site-fr", persist=True)
-    assert [p["valueReference"]["reference"] for p in out["parameter"] if p["name"] == "balanced"] == [ref]
+    await notice("pn-2", 666.50)  # paid in full: balanced at once, by the notice's own write
     now = (await client.get(f"/{ref}")).json()
     assert now["status"] == "balanced" and now["meta"]["versionId"] == "3"
     assert await _provenance(client, ref) == 3  # created, issued, balanced
@@ -561,6 +559,18 @@ async def test_example_study_payments_match_the_readme(client):
                          params={"site": "site-gb-01", "start": examples[1][1], "end": examples[1][2]})
     changed = [d for d in sites_of(r.json())["ResearchStudy/site-gb-01"]["discrepancy"] if d["code"] == "rate-changed"]
     assert [d["definition"] for d in changed] == [[f"{FEE_BASE}gb-visit-w8-v1|1", f"{FEE_BASE}gb-visit-w8-v2|1"]]
+    # the week 12 CT scans are paid as procedures (fee-gb-ct-scan / fee-eur-ct-scan by their SNOMED CT code)
+    assert {r[3] for ex in examples for r in ex[4] if r[1].startswith("procedure/")} == {"fee-eur-ct-scan", "fee-gb-ct-scan"}
+    # the closed site's invoice, issued, as a payment file: the payee's vendor number is filled
+    out = await client.post("/ResearchStudy/acme-101/$payments", json={"resourceType": "Parameters", "parameter": [
+        {"name": "site", "valueString": "site-fr-03"}, {"name": "persist", "valueBoolean": True}]})
+    assert out.status_code == 200, out.text
+    ref = sites_of(out.json())["ResearchStudy/site-fr-03"]["invoice"]
+    inv = (await client.get(f"/{ref}")).json()
+    assert (await client.put(f"/{ref}", json={**inv, "status": "issued"})).status_code == 200
+    rows = list(csv.DictReader(io.StringIO((await client.get(f"/{ref}/$payment-file")).text)))
+    assert {row["payee_identifier"] for row in rows} == {f"{CTMS}/sid/vendor|V-FR-03"}
+    assert rows[-1]["net"] == examples[0][5][2]  # the whole life of the site: the README's net
 
 
 async def test_concurrent_persists_pay_each_event_once(client):
@@ -794,32 +804,95 @@ async def test_money_is_written_as_exact_decimals(client):
     assert '"factor":0.1,' in text or '"factor":0.1}' in text  # the definition's factor as written (0.1)
 
 
-async def test_procedure_fees_are_reported_not_derived(client):
-    """No payable event is derived for the ``procedure`` code yet: each procedure fee of a site in
-    effect in the period is a ``not-derived`` discrepancy naming it, so it is not silently unpaid.
-    fee-proc-gb (GB, from 2026-01-01) concerns site-gb only; fee-proc-all (the whole study, from
-    2026-05-01) concerns both sites, but only a period reaching May."""
+def procedure(pid: str, sid: str, action: str, code: tuple[str, str], status: str = "completed",
+              on: str | None = None) -> dict[str, Any]:
+    r: dict[str, Any] = {"resourceType": "Procedure", "id": pid, "status": status,
+                         "code": {"coding": [{"system": code[0], "code": code[1]}]},
+                         "subject": {"reference": f"Patient/p-{sid}"},
+                         "encounter": {"reference": f"Encounter/e-{sid}-{action}"}}
+    if on:
+        r["occurrenceDateTime"] = on
+    return r
+
+
+CT = ("http://snomed.info/sct", "77477000")
+
+
+async def test_procedure_fees_are_derived_and_paid(client):
+    """Completed Procedures done during a study visit are payable events (procedure/<id>),
+    matched to a procedure fee whose detail names their code (system|code). On top of build():
+
+    fees: fee-ct-gb (procedure http://snomed.info/sct|77477000, country GB, 412.50 GBP, 10 %),
+    fee-proc-all (procedure, no detail: any procedure, study, 90.00 EUR, from 2026-03-01),
+    fee-proc-gb (procedure ecg, GB, 80.00 GBP: the detail is no code, reported not-derived).
+
+    site-gb, 2026-01-01..2026-04-30: to test_report_every_figure's events add
+      2026-02-15 proc-gb-7 CT at s-gb-7's w2     after the withdrawal on 2026-02-10 (not paid)
+      2026-02-19 proc-gb-6 CT at s-gb-6's w2     no consent (not paid)
+      2026-03-01 proc-gb-1 CT at s-gb-1's w2      412.50 - 41.25 = 371.25 (412.50 x 0.10 = 41.25)
+      2026-04-03 proc-gb-2 LOINC 24627-2 at s-gb-2's w2: only fee-proc-all applies, in EUR:
+                 currency (not paid; the site is paid in GBP, its country's fees' currency)
+      (proc-gb-1b, in progress, and proc-gb-1c, at no visit: not events)
+      gross 9800.00 + 412.50 = 10212.50; holdback 465.00 + 41.25 = 506.25; net 9706.25.
+    site-fr, 2026-01-01..2026-06-30: add 2026-03-16 proc-fr-2 CT at s-fr-2's w2: fee-proc-all
+      (study), 90.00 EUR, no holdback: gross 2733.16 + 90.00 = 2823.16; holdback 66.66; net 2756.50.
+    """
     await build(client)
-    for f in (fee("fee-proc-gb", "procedure", "80.00", "GBP", "ecg", country="GB"),
-              fee("fee-proc-all", "procedure", "90.00", "EUR", start="2026-05-01")):
+    for f in (fee("fee-ct-gb", "procedure", "412.50", "GBP", "http://snomed.info/sct|77477000", "0.10", country="GB"),
+              fee("fee-proc-all", "procedure", "90.00", "EUR", start="2026-03-01"),
+              fee("fee-proc-gb", "procedure", "80.00", "GBP", "ecg", country="GB")):
         r = await client.put(f"/ChargeItemDefinition/{f['id']}", json=f)
+        assert r.status_code == 201, r.text
+    other = procedure("proc-gb-1c", "s-gb-1", "w2", CT, on="2026-03-02")
+    del other["encounter"]
+    for p in (procedure("proc-gb-1", "s-gb-1", "w2", CT, on="2026-03-01T11:00:00Z"),
+              procedure("proc-gb-1b", "s-gb-1", "w2", CT, status="in-progress", on="2026-03-01"),
+              other,
+              procedure("proc-gb-2", "s-gb-2", "w2", ("http://loinc.org", "24627-2"), on="2026-04-03"),
+              procedure("proc-gb-6", "s-gb-6", "w2", CT, on="2026-02-19"),
+              procedure("proc-gb-7", "s-gb-7", "w2", CT),  # undated: the visit's date
+              procedure("proc-fr-2", "s-fr-2", "w2", CT, on="2026-03-16")):
+        r = await client.put(f"/Procedure/{p['id']}", json=p)
         assert r.status_code == 201, r.text
     U = "http://example.org/fhir/ChargeItemDefinition/"
 
-    def not_derived(site_part: dict[str, Any]) -> list[list[str]]:
-        return [d["definition"] for d in site_part["discrepancy"] if d["code"] == "not-derived"]
-
-    out = sites_of(await payments(client, start="2026-01-01", end="2026-04-30"))
-    gb, fr = out["ResearchStudy/site-gb"], out["ResearchStudy/site-fr"]
-    assert not_derived(gb) == [[f"{U}fee-proc-gb|1"]] and not_derived(fr) == []
+    gb = sites_of(await payments(client, start="2026-01-01", end="2026-04-30"))["ResearchStudy/site-gb"]
+    ev = events(gb)
+    procs = {k: (e["date"], e["status"], e.get("issue")) for k, e in ev.items() if k.startswith("procedure/")}
+    assert procs == {"procedure/proc-gb-1": ("2026-03-01", "payable", None),
+                     "procedure/proc-gb-2": ("2026-04-03", "not-paid", "currency"),
+                     "procedure/proc-gb-6": ("2026-02-19", "not-paid", "no-consent"),
+                     "procedure/proc-gb-7": ("2026-02-15", "not-paid", "after-withdrawal")}
+    ct = ev["procedure/proc-gb-1"]
+    assert (ct["detail"], ct["source"], ct["subject"], ct["definition"], ct["rate"]) == (
+        "http://snomed.info/sct|77477000", "Procedure/proc-gb-1", "ResearchSubject/s-gb-1", [f"{U}fee-ct-gb|1"],
+        gbp("412.50"))
+    assert (ct["gross"], ct["holdback"], ct["net"]) == (gbp("412.50"), gbp("41.25"), gbp("371.25"))
+    assert ev["procedure/proc-gb-2"]["definition"] == [f"{U}fee-proc-all|1"]
+    assert (gb["gross"], gb["holdback"], gb["net"], gb["due"]) == \
+        (gbp("10212.50"), gbp("506.25"), gbp("9706.25"), gbp("9706.25"))
+    assert [d["definition"] for d in gb["discrepancy"] if d["code"] == "not-derived"] == [[f"{U}fee-proc-gb|1"]]
     note = next(d["note"] for d in gb["discrepancy"] if d["code"] == "not-derived")
     assert "procedure ecg" in note and "80.00 GBP" in note
-    # the figures are those of test_report_every_figure: nothing is paid for a procedure
-    assert (gb["gross"], gb["net"]) == (gbp("9800"), gbp("9335"))
-    assert not [k for k in events(gb) if "procedure" in k]
-    out = sites_of(await payments(client, start="2026-01-01", end="2026-06-30"))
-    assert not_derived(out["ResearchStudy/site-gb"]) == [[f"{U}fee-proc-all|1"], [f"{U}fee-proc-gb|1"]]
-    assert not_derived(out["ResearchStudy/site-fr"]) == [[f"{U}fee-proc-all|1"]]
+
+    fr = sites_of(await payments(client, site="site-fr", start="2026-01-01", end="2026-06-30"))["ResearchStudy/site-fr"]
+    pr = events(fr)["procedure/proc-fr-2"]
+    assert (pr["status"], pr["definition"], pr["gross"], pr["holdback"], pr["net"]) == (
+        "payable", [f"{U}fee-proc-all|1"], eur("90"), eur("0"), eur("90"))
+    assert (fr["gross"], fr["holdback"], fr["net"]) == (eur("2823.16"), eur("66.66"), eur("2756.5"))
+    assert not [d for d in fr["discrepancy"] if d["code"] == "not-derived"]
+
+    # persisted: the procedure's ChargeItem names its visit and the Procedure; run twice, charged once
+    out = await payments(client, method="POST", site="site-fr", persist=True)
+    assert {p["name"]: p for p in out["parameter"]}["chargeItemsCreated"]["valueInteger"] == 5
+    (item,) = (await client.get("/ChargeItem", params={"identifier": f"{SID}|procedure/proc-fr-2"})).json()["entry"]
+    ci = item["resource"]
+    assert ci["subject"] == {"reference": "Patient/p-s-fr-2"} and ci["encounter"] == {"reference": "Encounter/e-s-fr-2-w2"}
+    assert ci["supportingInformation"] == [{"reference": "Procedure/proc-fr-2"}, {"reference": "ResearchSubject/s-fr-2"}]
+    assert ci["definitionCanonical"] == [f"{U}fee-proc-all|1"] and ci["totalPriceComponent"]["amount"]["value"] == 90
+    assert await _provenance(client, f"ChargeItem/{ci['id']}") == 1
+    out = await payments(client, method="POST", site="site-fr", persist=True)
+    assert {p["name"]: p for p in out["parameter"]}["chargeItemsCreated"]["valueInteger"] == 0
 
 
 async def test_void_charge_items_and_emptied_invoices(client):
@@ -850,3 +923,310 @@ async def test_void_charge_items_and_emptied_invoices(client):
     assert new["totalNet"]["value"] == 2666.5
     live = await _live_lines(client)
     assert all(len(v) == 1 for v in live.values()) and f"ChargeItem/{void['id']}" not in live
+
+
+# -- payment confirmation, holdback release, the operation's Provenance ---------------------------
+
+async def _issued_fr_invoice(client) -> tuple[str, dict[str, Any]]:
+    """site-fr's whole life invoiced (2733.16 gross, 2666.50 net, EUR) and issued."""
+    out = await payments(client, method="POST", site="site-fr", start="2026-01-01", end="2026-06-30", persist=True)
+    ref = sites_of(out)["ResearchStudy/site-fr"]["invoice"]
+    inv = (await client.get(f"/{ref}")).json()
+    r = await client.put(f"/{ref}", json={**inv, "status": "issued"})
+    assert r.status_code == 200, r.text
+    return ref, r.json()
+
+
+def _notice(rid: str | None, ref: str, amount: float, currency: str = "EUR") -> dict[str, Any]:
+    return {"resourceType": "PaymentNotice", **({"id": rid} if rid else {}), "status": "active",
+            "created": "2026-07-15", "request": {"reference": ref}, "recipient": {"reference": "Organization/org-fr"},
+            "amount": {"value": amount, "currency": currency}}
+
+
+async def _provenances(client, ref: str) -> dict[str, dict[str, Any]]:
+    """The Provenances of ``ref`` by the version they target."""
+    r = await client.get("/Provenance", params={"target": ref})
+    assert r.status_code == 200
+    return {e["resource"]["target"][0]["reference"].rpartition("/")[2]: e["resource"] for e in r.json().get("entry", [])}
+
+
+async def test_payment_notice_balances_its_invoice_at_once(client):
+    await build(client)
+    ref, inv = await _issued_fr_invoice(client)
+    assert inv["meta"]["versionId"] == "2"
+    # 2000.00 of 2666.50: still issued, no new version
+    r = await client.post("/PaymentNotice", json=_notice(None, ref, 2000.00))
+    assert r.status_code == 201, r.text
+    assert (await client.get(f"/{ref}")).json()["meta"]["versionId"] == "2"
+    # a notice in another currency is refused (422), not silently left out; nothing is written
+    r = await client.put("/PaymentNotice/pn-usd", json=_notice("pn-usd", ref, 666.50, "USD"))
+    assert r.status_code == 422 and "processing" in outcome_codes(r), r.text
+    assert "USD" in r.text and "EUR" in r.text
+    assert (await client.get("/PaymentNotice/pn-usd")).status_code == 404
+    # a cancelled notice pays nothing and is not checked
+    r = await client.put("/PaymentNotice/pn-void", json={**_notice("pn-void", ref, 666.50, "USD"), "status": "cancelled"})
+    assert r.status_code == 201, r.text
+    assert (await client.get(f"/{ref}")).json()["status"] == "issued"
+    # the rest (666.50, a 2000.00 + 666.50 = 2666.50 total): balanced by this write, at once
+    r = await client.put("/PaymentNotice/pn-rest", json=_notice("pn-rest", ref, 666.50))
+    assert r.status_code == 201, r.text
+    now = (await client.get(f"/{ref}")).json()
+    assert now["status"] == "balanced" and now["meta"]["versionId"] == "3"
+    assert {k: v for k, v in now.items() if k not in ("meta", "status")} == \
+        {k: v for k, v in inv.items() if k not in ("meta", "status")}
+    history = (await client.get(f"/{ref}/_history")).json()
+    assert [(e["resource"]["meta"]["versionId"], e["resource"]["status"]) for e in history["entry"]] == [
+        ("3", "balanced"), ("2", "issued"), ("1", "draft")]
+    prov = await _provenances(client, ref)
+    assert set(prov) == {"1", "2", "3"}
+    assert prov["3"]["authorization"][0]["concept"]["text"] == "paid in full: PaymentNotice/pn-rest"
+    assert prov["3"]["activity"]["coding"][-1]["code"] == "UPDATE"
+    # nothing left for $payments to balance; a further notice changes nothing
+    out = await payments(client, method="POST", site="site-fr", persist=True)
+    assert "balanced" not in {p["name"] for p in out["parameter"]}
+    assert (await client.post("/PaymentNotice", json=_notice(None, ref, 10.00))).status_code == 201
+    assert (await client.get(f"/{ref}")).json()["meta"]["versionId"] == "3"
+
+
+async def test_payment_notice_of_a_draft_or_mismatched_invoice(client):
+    await build(client)
+    out = await payments(client, method="POST", site="site-fr", persist=True)
+    ref = sites_of(out)["ResearchStudy/site-fr"]["invoice"]
+    # a draft is not paid: a notice for all of it leaves it a draft
+    r = await client.post("/PaymentNotice", json=_notice(None, ref, 2666.50))
+    assert r.status_code == 201, r.text
+    now = (await client.get(f"/{ref}")).json()
+    assert (now["status"], now["meta"]["versionId"]) == ("draft", "1")
+    # issued later: paid in full already, but only a notice's write (or $payments) balances it
+    r = await client.put(f"/{ref}", json={**now, "status": "issued"})
+    assert r.status_code == 200 and r.json()["status"] == "issued"
+    out = await payments(client, method="POST", site="site-fr", persist=True)
+    assert [p["valueReference"]["reference"] for p in out["parameter"] if p["name"] == "balanced"] == [ref]
+    # an issued invoice that does not add up is never balanced by a notice either
+    await client.put("/Invoice/odd", json={**{k: v for k, v in now.items() if k not in ("id", "meta")}, "id": "odd",
+                                           "status": "issued", "totalNet": {"value": 10.00, "currency": "EUR"},
+                                           "identifier": [{"system": f"{CTMS}/sid/site-invoice", "value": "site-fr/odd"}]})
+    r = await client.post("/PaymentNotice", json=_notice(None, "Invoice/odd", 10.00))
+    assert r.status_code == 201, r.text
+    assert (await client.get("/Invoice/odd")).json()["status"] == "issued"
+    # a notice whose request is no stored Invoice is an ordinary write
+    assert (await client.post("/PaymentNotice", json=_notice(None, "Invoice/none", 1.00))).status_code == 201
+
+
+async def test_payment_notice_in_a_transaction(client):
+    await build(client)
+    ref, inv = await _issued_fr_invoice(client)
+
+    def tx(*entries: dict[str, Any]) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": f"urn:uuid:0000000{n}-0000-4000-8000-000000000000", "resource": e,
+             "request": {"method": "POST", "url": e["resourceType"]}} for n, e in enumerate(entries)]}
+
+    # one entry in another currency: the whole transaction fails (422), nothing written
+    r = await client.post("", json=tx({"resourceType": "Organization", "name": "Tx Payer"},
+                                      _notice(None, ref, 2000.00), _notice(None, ref, 666.50, "GBP")))
+    assert r.status_code == 422, r.text
+    assert (await client.get("/Organization", params={"name": "Tx Payer"})).json().get("entry", []) == []
+    assert (await client.get("/PaymentNotice")).json().get("entry", []) == []
+    # in a batch only that entry fails (its own transaction: the refused notice is not stored)
+    r = await client.post("", json={**tx(_notice(None, ref, 1.00, "GBP"), {"resourceType": "Organization",
+                                                                          "name": "Batch Payer"}), "type": "batch"})
+    assert r.status_code == 200, r.text
+    assert [e["response"]["status"][:3] for e in r.json()["entry"]] == ["422", "201"]
+    assert (await client.get("/PaymentNotice")).json().get("entry", []) == []
+    # two notices paying it in full together: balanced inside the transaction, once
+    r = await client.post("", json=tx(_notice(None, ref, 2000.00), _notice(None, ref, 666.50)))
+    assert r.status_code == 200, r.text
+    now = (await client.get(f"/{ref}")).json()
+    assert (now["status"], now["meta"]["versionId"]) == ("balanced", "3")
+    prov = await _provenances(client, ref)
+    assert prov["3"]["authorization"][0]["concept"]["text"].startswith("paid in full: PaymentNotice/")
+
+
+async def test_charge_items_and_invoices_name_payments_in_their_provenance(client):
+    await build(client)
+    out = await payments(client, method="POST", site="site-fr", start="2026-01-01", end="2026-06-30", persist=True)
+    ref = sites_of(out)["ResearchStudy/site-fr"]["invoice"]
+    inv = (await client.get(f"/{ref}")).json()
+    why = "$payments persist for ResearchStudy/pay-study, site site-fr, period 2026-01-01..2026-06-30"
+    for target in [ref, *(li["chargeItemReference"]["reference"] for li in inv["lineItem"])]:
+        (prov,) = (await _provenances(client, target)).values()
+        assert prov["authorization"][0]["concept"]["text"] == why, target
+        assert prov["activity"]["text"] == "$payments"
+        assert [c["code"] for c in prov["activity"]["coding"]] == ["operation", "CREATE"]
+    # the client's own reason follows the operation's; the Group's too, all sites, no period
+    r = await client.post("/ResearchStudy/pay-study/$payments", headers={"X-Reason": "month-end run"}, json={
+        "resourceType": "Parameters", "parameter": [{"name": "persist", "valueBoolean": True}]})
+    assert r.status_code == 200, r.text
+    gb = sites_of(r.json())["ResearchStudy/site-gb"]["invoice"]
+    (prov,) = (await _provenances(client, gb)).values()
+    assert prov["authorization"][0]["concept"]["text"] == (
+        "$payments persist for ResearchStudy/pay-study, site site-fr, site-gb, all dates: month-end run")
+    # an ordinary write keeps its own reason
+    r = await client.put(f"/{ref}", json={**inv, "status": "issued"}, headers={"X-Reason": "approved"})
+    assert (await _provenances(client, ref))["2"]["authorization"][0]["concept"]["text"] == "approved"
+
+
+async def test_holdback_release_pays_what_the_invoices_withheld(client):
+    """site-fr (EUR), the w2 fee 333.25 with 10 % withheld:
+
+    run 1, 2026-01-01..2026-02-28: s-fr-1 w2 333.25 - 33.33 = 299.92 (invoice A).
+    The w2 fee is then raised to 400.00 (holdback 40.00).
+    run 2, 2026-03-01..2026-06-30: s-fr-2 w2 400.00 - 40.00 = 360.00; close-out 2000.00; the
+      release = 33.33 (withheld on invoice A, not 40.00 recomputed) + 40.00 (this run) = 73.33
+      (invoice B: net 360.00 + 2000.00 + 73.33 = 2433.33).
+    A w4 visit of s-fr-1 done 2026-05-10 (fee 100.00, 10 %) is recorded after the release was
+    invoiced: paid without holdback, 100.00 (invoice C); the release stays 73.33.
+    """
+    await build(client)
+    out = await payments(client, method="POST", site="site-fr", start="2026-01-01", end="2026-02-28", persist=True)
+    a = (await client.get("/" + sites_of(out)["ResearchStudy/site-fr"]["invoice"])).json()
+    assert a["totalNet"]["value"] == 299.92
+    assert (await client.put("/ChargeItemDefinition/fee-v-study",
+                             json=fee("fee-v-study", "visit-completed", "400.00", "EUR", "w2", "0.10"))).status_code == 200
+    site_part = sites_of(await payments(client, site="site-fr", start="2026-03-01", end="2026-06-30"))["ResearchStudy/site-fr"]
+    ev = events(site_part)
+    assert (ev["visit/s-fr-2/w2"]["gross"], ev["visit/s-fr-2/w2"]["holdback"]) == (eur("400.00"), eur("40.00"))
+    release = ev["holdback-release/site-fr"]
+    assert (release["status"], release["gross"], release["holdback"], release["net"], release["due"]) == (
+        "release", eur("73.33"), eur("0"), eur("73.33"), eur("73.33"))
+    out = await payments(client, method="POST", site="site-fr", start="2026-03-01", end="2026-06-30", persist=True)
+    b = (await client.get("/" + sites_of(out)["ResearchStudy/site-fr"]["invoice"])).json()
+    assert (b["totalGross"]["value"], b["totalNet"]["value"]) == (2473.33, 2433.33)
+    # a later visit, invoiced after the release: no holdback (nothing would release it)
+    w4 = fee("fee-w4-fr", "visit-completed", "100.00", "EUR", "w4", "0.10", country="FR")
+    for r in [w4, *visit("s-fr-1", "w4", "1.0", "2026-05-05", "2026-05-15", "2026-05-10")]:
+        assert (await client.put(f"/{r['resourceType']}/{r['id']}", json=r)).status_code == 201
+    site_part = sites_of(await payments(client, site="site-fr", start="2026-01-01", end="2026-06-30"))["ResearchStudy/site-fr"]
+    ev = events(site_part)
+    late = ev["visit/s-fr-1/w4"]
+    assert (late["status"], late["gross"], late["holdback"], late["net"], late["due"]) == (
+        "payable", eur("100.00"), eur("0"), eur("100.00"), eur("100.00"))
+    assert "without holdback" in late["note"]
+    assert (ev["holdback-release/site-fr"]["net"], ev["holdback-release/site-fr"]["due"]) == (eur("73.33"), eur("0"))
+    out = await payments(client, method="POST", site="site-fr", start="2026-01-01", end="2026-06-30", persist=True)
+    assert {p["name"]: p for p in out["parameter"]}["chargeItemsCreated"]["valueInteger"] == 1
+    c = (await client.get("/" + sites_of(out)["ResearchStudy/site-fr"]["invoice"])).json()
+    (line,) = c["lineItem"]
+    assert [pc["type"] for pc in line["priceComponent"]] == ["base"] and c["totalNet"]["value"] == 100
+    # read again: the late visit invoiced without holdback, the release as invoiced, nothing due;
+    # the only mismatch is s-fr-1's w2, invoiced before the fee changed
+    site_part = sites_of(await payments(client, site="site-fr", start="2026-01-01", end="2026-06-30"))["ResearchStudy/site-fr"]
+    ev = events(site_part)
+    assert (ev["visit/s-fr-1/w4"]["holdback"], ev["visit/s-fr-1/w4"]["invoiced"]) == (eur("0"), eur("100.00"))
+    assert ev["holdback-release/site-fr"]["invoiced"] == eur("73.33") and site_part["due"] == eur("0")
+    assert [(d["code"], d.get("key")) for d in site_part.get("discrepancy", []) if d["code"] == "invoice-mismatch"] == [
+        ("invoice-mismatch", "visit/s-fr-1/w2")]
+
+
+async def test_invalid_fees_and_a_site_fee_in_another_currency(client):
+    """Fee values are checked: a negative randomisation fee (an unprofiled definition: the write
+    accepts it) is reported invalid-fee and pays nothing; a holdback factor of 1.5 on the GB w2
+    fee likewise. A site-scoped JPY fee for site-fr's activation does not move site-fr to JPY:
+    it is a currency discrepancy and pays nothing; site-fr stays in EUR (its country's fees).
+
+    site-gb, 2026-01-01..2026-04-30, from test_report_every_figure's 9800.00 / 465.00 / 9335.00:
+    the four randomisations (4 x 1000.00 gross, 4 x 100.00 holdback) and the two w2 visits
+    (300.00/30.00 and 350.00/35.00: fee-v-gb-1 and -2; only -1 is broken, so s-gb-1's w2 is not
+    paid, s-gb-2's, under protocol 2.0, is) drop out: gross 9800 - 4000 - 300 = 5500.00,
+    holdback 465 - 400 - 30 = 35.00, net 5465.00."""
+    await build(client)
+    U = "http://example.org/fhir/ChargeItemDefinition/"
+    bad_rand = fee("fee-rand-gb", "subject-milestone", "-1000.00", "GBP", "randomised", "0.10", country="GB")
+    bad_w2 = fee("fee-v-gb-1", "visit-completed", "300.00", "GBP", "w2", "1.5", country="GB", protocol="1.0")
+    jpy = fee("fee-start-fr-jpy", "site-milestone", "800000", "JPY", "activated", site_id="site-fr")
+    for f in (bad_rand, bad_w2, jpy):
+        r = await client.put(f"/ChargeItemDefinition/{f['id']}", json=f)
+        assert r.status_code in (200, 201), r.text
+    gb = sites_of(await payments(client, site="site-gb", start="2026-01-01", end="2026-04-30"))["ResearchStudy/site-gb"]
+    ev = events(gb)
+    invalid = sorted(k for k, e in ev.items() if e.get("issue") == "invalid-fee")
+    assert invalid == ["subject-milestone/s-gb-1/randomised", "subject-milestone/s-gb-2/randomised",
+                       "subject-milestone/s-gb-3/randomised", "subject-milestone/s-gb-7/randomised",
+                       "visit/s-gb-1/w2"]
+    assert all(ev[k]["net"] == gbp("0") and ev[k]["status"] == "not-paid" for k in invalid)
+    assert ev["visit/s-gb-2/w2"]["status"] == "payable"
+    assert (gb["gross"], gb["holdback"], gb["net"]) == (gbp("5500"), gbp("35"), gbp("5465"))
+    defs = [d for d in gb["discrepancy"] if d["code"] == "invalid-fee" and "key" not in d]
+    assert [d["definition"] for d in defs] == [[f"{U}fee-rand-gb|1"], [f"{U}fee-v-gb-1|1"]]
+    assert "not above 0" in defs[0]["note"] and "1.5" in defs[1]["note"]
+    assert "rate-changed" not in [d["code"] for d in gb["discrepancy"]]  # an invalid fee is no rate
+    # nothing invalid is ever charged
+    out = await payments(client, method="POST", site="site-gb", start="2026-01-01", end="2026-04-30", persist=True)
+    inv = (await client.get("/" + sites_of(out)["ResearchStudy/site-gb"]["invoice"])).json()
+    assert (inv["totalGross"]["value"], inv["totalNet"]["value"]) == (5500, 5465)
+
+    fr = sites_of(await payments(client, site="site-fr", start="2026-01-01", end="2026-06-30"))["ResearchStudy/site-fr"]
+    assert fr["currency"] == "EUR"
+    act = events(fr)["site-milestone/site-fr/activated"]
+    assert (act["status"], act["issue"], act["definition"]) == ("not-paid", "currency", [f"{U}fee-start-fr-jpy|1"])
+    (cur,) = [d for d in fr["discrepancy"] if d["code"] == "currency" and "key" not in d]
+    assert cur["definition"] == [f"{U}fee-start-fr-jpy|1"] and "JPY" in cur["note"] and "EUR" in cur["note"]
+    # the rest is paid in EUR as before
+    assert (fr["gross"], fr["holdback"], fr["net"]) == (eur("2733.16"), eur("66.66"), eur("2666.5"))
+
+
+async def test_payment_file_defuses_formulas(client):
+    """A text cell starting with = + - @ is written with a single quote before it (CSV injection):
+    the payee's name, the site's title; amounts stay numbers."""
+    await build(client)
+    org = {"resourceType": "Organization", "id": "org-fr", "name": '=HYPERLINK("http://evil.example","pay")',
+           "identifier": [{"system": "https://example.org/vendor", "value": "V-FR-1"}]}
+    assert (await client.put("/Organization/org-fr", json=org)).status_code == 200
+    site_fr = (await client.get("/ResearchStudy/site-fr")).json()
+    assert (await client.put("/ResearchStudy/site-fr", json={**site_fr, "title": "@SUM(1+1)"})).status_code == 200
+    out = await payments(client, method="POST", site="site-fr", persist=True)
+    ref = sites_of(out)["ResearchStudy/site-fr"]["invoice"]
+    inv = (await client.get(f"/{ref}")).json()
+    assert (await client.put(f"/{ref}", json={**inv, "status": "issued"})).status_code == 200
+    r = await client.get(f"/{ref}/$payment-file")
+    assert r.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert {row["payee_name"] for row in rows} == {"'" + org["name"]}
+    assert {row["site_title"] for row in rows} == {"'@SUM(1+1)"}
+    assert {row["payee_identifier"] for row in rows} == {"https://example.org/vendor|V-FR-1"}  # harmless: as it is
+    assert (rows[-1]["gross"], rows[-1]["net"]) == ("2733.16", "2666.50")
+    assert not any(cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row.values())
+
+
+async def test_payment_notice_under_a_token(repo):
+    """The balancing is an update of the Invoice under the caller's token: a token that may write
+    PaymentNotices but not update Invoices records a part payment, and a paying notice is refused
+    (403) whole; with Invoice update it balances the invoice, the token's user its author."""
+    from fhir_ctms.auth.keys import KeyRing
+    from fhir_ctms.auth.tokens import ACCESS_TYP, access_claims, sign
+    from fhir_ctms.storage.auth_store import AuthStore
+
+    from .conftest import empty_tables, make_client
+    from .smart import register
+
+    await empty_tables(repo)
+    store = AuthStore(repo.engine)
+    await register(store)
+    ring = KeyRing(store, "ES384", 3600)
+    fhir = "http://testserver/fhir"
+
+    async def mint(scope: str) -> dict[str, str]:
+        key, record = await ring.signer()
+        body = access_claims(issuer=fhir, audience=fhir, client_id="secret-app", subject="alice", scope=scope,
+                             lifetime=3600, context={})
+        return {"Authorization": "Bearer " + sign(key, record.kid, record.alg, body, ACCESS_TYP)}
+
+    async with make_client(repo) as open_, make_client(repo, auth_enabled=True) as http:
+        await build(open_)
+        ref, _ = await _issued_fr_invoice(open_)
+        notices_only = await mint("user/PaymentNotice.cru")
+        r = await http.put("/PaymentNotice/pn-1", json=_notice("pn-1", ref, 2000.00), headers=notices_only)
+        assert r.status_code == 201, r.text
+        r = await http.put("/PaymentNotice/pn-2", json=_notice("pn-2", ref, 666.50), headers=notices_only)
+        assert r.status_code == 403 and outcome_codes(r) == ["forbidden"], r.text
+        assert (await open_.get("/PaymentNotice/pn-2")).status_code == 404
+        assert (await open_.get(f"/{ref}")).json()["status"] == "issued"
+        both = await mint("user/PaymentNotice.cru user/Invoice.ru")
+        r = await http.put("/PaymentNotice/pn-2", json=_notice("pn-2", ref, 666.50), headers=both)
+        assert r.status_code == 201, r.text
+        now = (await open_.get(f"/{ref}")).json()
+        assert (now["status"], now["meta"]["versionId"]) == ("balanced", "3")
+        prov = await _provenances(open_, ref)
+        assert prov["3"]["agent"][0]["who"]["display"] == "alice"
+        assert prov["3"]["authorization"][0]["concept"]["text"] == "paid in full: PaymentNotice/pn-2"

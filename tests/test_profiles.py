@@ -215,6 +215,11 @@ def fee() -> dict[str, Any]:
     }
 
 
+def ctms_fee() -> dict[str, Any]:
+    """A fee claiming ctms-fee: one base amount above 0 with its currency, a holdback below 1."""
+    return {**fee(), "meta": {"profile": [C + "ctms-fee"]}}
+
+
 def payments_operation() -> dict[str, Any]:
     """The OperationDefinition that carries read-only-unless: the server's own $payments."""
     return json.loads((PROFILES / "OperationDefinition-ResearchStudy-payments.json").read_text())
@@ -227,6 +232,7 @@ VALID: dict[str, Callable[[], dict[str, Any]]] = {
     # the extensions, each in the resource of its context
     "site-protocol": site, "research-study": staff, "protocol-visit": planned_visit,
     "payable-event-detail": fee, "per-site-cap": fee, "read-only-unless": payments_operation,
+    "ctms-fee": ctms_fee,
 }
 
 
@@ -354,7 +360,12 @@ CASES: list[tuple[str, Any, Callable[[dict[str, Any]], Any], str, str]] = [
     ("ctms-site", ("min", "ResearchStudy.recruitment.targetNumber"), lambda r: put(r, "recruitment", {"actualNumber": 1}),
      "ResearchStudy.recruitment.targetNumber", "error"),
     # ctms-site-staff
-    ("ctms-site-staff", "ctms-site-staff-1", lambda r: put(r, "extension", DEL), "PractitionerRole", "error"),
+    ("ctms-site-staff", ("min", "PractitionerRole.extension:researchStudy"), lambda r: put(r, "extension", DEL),
+     f"PractitionerRole.extension('{C}research-study')", "error"),
+    # only extensions of the slice's url count: another extension does not stand in for it
+    ("ctms-site-staff", ("min", "PractitionerRole.extension:researchStudy"),
+     lambda r: put(r, "extension", [{"url": "http://example.org/ext", "valueString": "x"}]),
+     f"PractitionerRole.extension('{C}research-study')", "error"),
     ("ctms-site-staff", "ctms-site-staff-2", lambda r: put(r, "period", {"end": "2027-01-01"}),
      "PractitionerRole.period", "error"),
     ("ctms-site-staff", ("min", "PractitionerRole.period"), lambda r: put(r, "period", DEL),
@@ -449,7 +460,11 @@ CASES: list[tuple[str, Any, Callable[[dict[str, Any]], Any], str, str]] = [
      "CarePlan.supportingInfo", "error"),
     # ctms-planned-visit
     ("ctms-planned-visit", "ctms-planned-visit-1", lambda r: put(r, "identifier.0.value", "day15"), "Appointment", "error"),
-    ("ctms-planned-visit", "ctms-planned-visit-2", lambda r: put(r, "extension", DEL), "Appointment", "error"),
+    ("ctms-planned-visit", ("min", "Appointment.extension:protocolVisit"), lambda r: put(r, "extension", DEL),
+     f"Appointment.extension('{C}protocol-visit')", "error"),
+    ("ctms-planned-visit", ("max", "Appointment.extension:protocolVisit"),
+     lambda r: add(r, "extension", {"url": C + "protocol-visit", "valueCanonical": f"{PROTOCOL}|1.0#day29"}),
+     f"Appointment.extension('{C}protocol-visit')", "error"),
     ("ctms-planned-visit", "ctms-planned-visit-3", lambda r: put(r, "participant.0.actor", ref("Practitioner/dr-smith")),
      "Appointment", "error"),
     ("ctms-planned-visit", ("min", "Appointment.identifier"), lambda r: put(r, "identifier", DEL),
@@ -598,6 +613,40 @@ CASES: list[tuple[str, Any, Callable[[dict[str, Any]], Any], str, str]] = [
      "OperationDefinition.extension[0].extension", "error"),
     ("read-only-unless", "context", lambda r: put(r, "parameter.3.extension", [r["extension"][0]]),
      "OperationDefinition.parameter[3].extension[0]", "error"),
+    # ctms-fee: a price that can be paid (profiles/README.md "Fee schedules and payments")
+    ("ctms-fee", "ctms-fee-1", lambda r: add(r, "propertyGroup.0.priceComponent",
+                                              {"type": "base", "amount": {"value": 5.0, "currency": "GBP"}}),
+     "ChargeItemDefinition", "error"),
+    ("ctms-fee", "ctms-fee-1", lambda r: put(r, "propertyGroup.0.priceComponent.0.type", "surcharge"),
+     "ChargeItemDefinition", "error"),
+    ("ctms-fee", "ctms-fee-2", lambda r: put(r, "propertyGroup.0.priceComponent.0.amount.value", -1000.0),
+     "ChargeItemDefinition", "error"),
+    ("ctms-fee", "ctms-fee-2", lambda r: put(r, "propertyGroup.0.priceComponent.0.amount.value", 0),
+     "ChargeItemDefinition", "error"),
+    ("ctms-fee", "ctms-fee-2", lambda r: put(r, "propertyGroup.0.priceComponent.0.amount.currency", DEL),
+     "ChargeItemDefinition", "error"),
+    ("ctms-fee", "ctms-fee-3", lambda r: put(r, "propertyGroup.0.priceComponent.1.factor", 1.5),
+     "ChargeItemDefinition", "error"),
+    ("ctms-fee", "ctms-fee-3", lambda r: put(r, "propertyGroup.0.priceComponent.1.factor", 1),
+     "ChargeItemDefinition", "error"),
+    ("ctms-fee", "ctms-fee-3", lambda r: put(r, "propertyGroup.0.priceComponent.1.factor", -0.2),
+     "ChargeItemDefinition", "error"),
+    ("ctms-fee", "ctms-fee-3", lambda r: add(r, "propertyGroup.0.priceComponent",
+                                              {"type": "deduction", "code": cc(EVENT, "holdback"), "factor": 0.05}),
+     "ChargeItemDefinition", "error"),
+    ("ctms-fee", "ctms-fee-4", lambda r: put(r, "useContext.0.valueReference", ref("Organization/acme")),
+     "ChargeItemDefinition", "error"),
+    ("ctms-fee", ("max", "ChargeItemDefinition.extension:payableEventDetail"),
+     lambda r: add(r, "extension", {"url": C + "payable-event-detail", "valueString": "completed"}),
+     f"ChargeItemDefinition.extension('{C}payable-event-detail')", "error"),
+    ("ctms-fee", ("max", "ChargeItemDefinition.extension:perSiteCap"),
+     lambda r: add(r, "extension", {"url": C + "per-site-cap", "valuePositiveInt": 3}),
+     f"ChargeItemDefinition.extension('{C}per-site-cap')", "error"),
+    ("ctms-fee", ("min", "ChargeItemDefinition.url"), lambda r: put(r, "url", DEL), "ChargeItemDefinition.url", "error"),
+    ("ctms-fee", ("min", "ChargeItemDefinition.code"), lambda r: put(r, "code", DEL), "ChargeItemDefinition.code", "error"),
+    ("ctms-fee", ("binding", "ChargeItemDefinition.code"), lambda r: put(r, "code", X), "ChargeItemDefinition.code", "error"),
+    ("ctms-fee", ("min", "ChargeItemDefinition.propertyGroup"), lambda r: put(r, "propertyGroup", DEL),
+     "ChargeItemDefinition.propertyGroup", "error"),
 ]
 
 
@@ -710,9 +759,28 @@ def test_the_build_refuses_what_the_base_does_not_allow() -> None:
                 {"id": "ResearchStudy.comparisonGroup.name", "min": 0},   # below the base's 1
                 {"id": "ResearchStudy.title", "max": "*"},                # above the base's 1
                 {"id": "ResearchStudy.title", "min": 2},                  # min > max
-                {"id": "ResearchStudy.identifier:nct", "sliceName": "nct"}):  # no slicing in profiles
+                {"id": "ResearchStudy.identifier:nct", "sliceName": "nct"}):  # only extensions are sliced
         with pytest.raises(SystemExit):
             make(bad)
+    # an extension slice: after its sliced element, the slicing on that element, id and path
+    slicing = {"discriminator": [{"type": "value", "path": "url"}], "rules": "open"}
+    sliced = {"id": "ResearchStudy.extension", "slicing": slicing}
+    ext = [{"code": "Extension", "profile": [C + "site-protocol"]}]
+    sd = make(sliced, {"id": "ResearchStudy.extension:b", "sliceName": "b", "max": "1", "type": ext},
+              {"id": "ResearchStudy.extension:a", "sliceName": "a", "min": 1, "type": ext})
+    ids = [e["id"] for e in sd["snapshot"]["element"]]
+    at = ids.index("ResearchStudy.extension")
+    assert ids[at:at + 4] == ["ResearchStudy.extension", "ResearchStudy.extension:b",
+                              "ResearchStudy.extension:a", "ResearchStudy.modifierExtension"]
+    snap = sd["snapshot"]["element"]
+    assert snap[at]["slicing"] == slicing and "slicing" not in snap[at + 1]
+    assert [(e["path"], e["sliceName"], e["min"], e["max"]) for e in snap[at + 1:at + 3]] == [
+        ("ResearchStudy.extension", "b", 0, "1"), ("ResearchStudy.extension", "a", 1, "*")]
+    for elements in ([{"id": "ResearchStudy.extension:a", "sliceName": "a", "type": ext}],  # no slicing
+                     [sliced, {"id": "ResearchStudy.extension:a", "sliceName": "b", "type": ext}],  # name
+                     [sliced, {"id": "ResearchStudy.extension:a", "sliceName": "a"}]):  # which extension?
+        with pytest.raises(SystemExit):
+            make(*elements)
 
 
 def test_the_structure_definitions_are_valid_r5() -> None:
@@ -792,6 +860,27 @@ def test_unknown_ctms_extension_is_a_warning_and_others_are_ignored() -> None:
     r["extension"].append({"url": "http://example.org/ext", "valueString": "x"})
     issues = _issues(r)
     assert [(i.severity, i.expression) for i in issues] == [("warning", ("ResearchStudy.extension[1]",))]
+
+
+def test_extension_slices_count_only_their_own_url() -> None:
+    """Slicing is open: other extensions, before or between, are neither counted nor reported."""
+    other = {"url": "http://example.org/ext", "valueString": "x"}
+    r = staff()
+    r["extension"] = [other, r["extension"][0], other,
+                      {"url": C + "research-study", "valueReference": {"reference": "ResearchStudy/site-fr-01"}}]
+    assert _issues(r) == []
+    r = site()
+    r["extension"] = [other]  # site-protocol 0..*: a site before its first approval
+    assert _issues(r) == []
+    r = planned_visit()
+    r["extension"].insert(0, other)
+    assert _issues(r) == []
+    sd = _sd("ctms-site-staff")
+    profile = validation.compiled_profile(C + "ctms-site-staff")
+    assert profile is not None
+    [extension] = [e for e in profile.root.children if e.name == "extension"]
+    assert list(extension.slices) == [C + "research-study"]
+    assert any(e["id"] == "PractitionerRole.extension:researchStudy" for e in sd["snapshot"]["element"])
 
 
 def test_ctms_extensions_are_checked_without_a_profile_claim() -> None:

@@ -29,6 +29,9 @@ screen-failure              ``subjects.classify`` screen failure   ``screen-fail
 site-milestone, ``activated`` / ``closed``  the site's actual      ``site-milestone/<site>/<code>``,
                             ``progressStatus`` entry               ``period.start``
 holdback-release            the site's actual ``closed`` entry     ``holdback-release/<site>``
+procedure, ``system|code``  a ``completed`` Procedure of the       ``procedure/<Procedure id>``,
+                            subject's Patient whose ``encounter``  ``occurrence[x]`` (else the visit's
+                            is one of the subject's study visits   ``actualPeriod.start``)
 ==========================  ====================================  ===================================
 
 Fee selection: a ChargeItemDefinition (``active``, ``useContext`` ``program`` = the study)
@@ -46,19 +49,27 @@ of the subject covers: covered when one of its ``consent`` Consents with ``decis
 (absent: permit) is in force that day, ``active``, or ``inactive`` with a ``period.end`` (the
 withdrawal), from ``period.start`` (else ``date``) to ``period.end``, both inclusive, and no
 ``deny`` one is), ``after-withdrawal`` (a visit dated after the
-subject's first ``withdrawn`` entry), ``no-fee`` (no definition applies), ``currency`` (a fee
-in another currency than the site's first one). ``capped``: an event beyond its fee's
+subject's first ``withdrawn`` entry; procedures too), ``no-fee`` (no definition applies),
+``invalid-fee`` (the definition that applies cannot pay: not exactly one base amount above 0
+with a currency, or a holdback factor outside [0, 1); it is selected all the same, so no other
+rate silently pays instead; :func:`invalid_fees` reports each such definition once),
+``currency`` (a fee in another currency than the site's: :func:`site_currency`, the currency of
+the site's country-level fees, else of the study-wide ones, else of its own). ``capped``: an event beyond its fee's
 ``per-site-cap`` (counted per site and fee code, over all time: the events already invoiced
 first, whatever their date, and they keep their payment; then the others in date then key order,
 so an event dated earlier but recorded after an invoice cannot push an invoiced one out).
 ``rate-changed`` (reported, each event paid at the rate of its date): in the period, the site's
 most specific definitions for one (code, detail) that are in effect at some point of the period,
 for any protocol or a protocol version the site ran in the period, have different amounts.
-``not-derived`` (reported): a fee of the site in effect in the period whose code has no derived
-events (``procedure``: procedures are a fee code, no event is derived for them yet).
+``not-derived`` (reported): a ``procedure`` fee of the site in effect in the period whose detail
+names no code (``system|code``): it can match no procedure.
 
-The holdback release (on the ``closed`` date) is the sum of the holdbacks of every paid event
-of the site (all dates); its line has no holdback of its own.
+The holdback release (on the ``closed`` date) pays what was withheld: the holdbacks on the
+site's live invoices (their lines' ``holdback`` deductions, as invoiced, not recomputed from the
+fees) plus those of the payable events not yet invoiced dated in the period asked (the run that
+invoices the release invoices them with it); its line has no holdback of its own. Once the
+release is on a live invoice, events invoiced later are paid without holdback (nothing would
+release it): their lines carry no ``holdback`` deduction, which is how a later report knows them.
 
 Already invoiced: the net of the line of an Invoice (not ``cancelled`` or ``entered-in-error``)
 that lists the event's ChargeItem; due = net - invoiced (an event whose ChargeItem is on an
@@ -71,7 +82,7 @@ is no longer payable); and a live invoice of the site whose own figures do not a
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -130,6 +141,7 @@ class Fee:
     currency: str
     factor: Decimal
     cap: int | None
+    problem: str | None = None        #: why the definition cannot pay (``invalid-fee``), None: valid
 
     @property
     def rank(self) -> tuple[int, int, int, dt.date, str]:
@@ -166,6 +178,11 @@ class Event:
     protocol: str | None = None       #: the protocol url|version it ran under
     issue: str | None = None          #: why it is not paid (set before pricing)
     note: str | None = None
+    codes: tuple[str, ...] = ()       #: a procedure's codes (``system|code``), any of which a fee's detail may name
+
+    def names(self, detail: str | None) -> bool:
+        """Whether a fee's detail (None: any) names this event."""
+        return detail is None or detail == self.detail or detail in self.codes
 
 
 @dataclass(slots=True)
@@ -236,8 +253,8 @@ def _code(concept: Any, system: str) -> str | None:
 
 def fee(definition: dict[str, Any], study_id: str) -> Fee | None:
     """The fee a ChargeItemDefinition defines for the study, None when it is not one of the
-    study's (not active, no ``program`` context naming the study, no payable-event code or no
-    base amount)."""
+    study's (not active, no ``program`` context naming the study, no payable-event code). A fee
+    whose price is not valid (:func:`_price`) is returned with its ``problem``: it pays nothing."""
     if definition.get("status") != "active":
         return None
     kind = _code(definition.get("code"), EVENT_CS)
@@ -258,23 +275,63 @@ def fee(definition: dict[str, Any], study_id: str) -> Fee | None:
     period = app.get("effectivePeriod") or {}
     art = app.get("relatedArtifact") or {}
     protocol = art.get("resource") if art.get("type") == "depends-on" else None
-    amount = currency = None
-    factor = ZERO
-    for group in definition.get("propertyGroup") or []:
-        for pc in group.get("priceComponent") or []:
-            if pc.get("type") == "base" and amount is None and isinstance(pc.get("amount"), dict):
-                amount = pc["amount"].get("value")
-                currency = pc["amount"].get("currency")
-            elif pc.get("type") == "deduction" and _code(pc.get("code"), EVENT_CS) == HOLDBACK:
-                factor = Decimal(str(pc.get("factor") or 0))
-    if amount is None or not isinstance(currency, str):
-        return None
+    amount, currency, factor, problem = _price(definition)
     cap = _ext(definition, CAP_EXT)
     version = definition.get("version")
     url = definition.get("url") or f"ChargeItemDefinition/{definition.get('id')}"
     return Fee(f"{url}|{version}" if version else url, kind, _ext(definition, DETAIL_EXT), site, country,
                subj.parse_date(period.get("start")), subj.parse_date(period.get("end")), protocol,
-               money(str(amount), currency), currency, factor, cap if isinstance(cap, int) else None)
+               money(amount, currency), currency, factor, cap if isinstance(cap, int) else None, problem)
+
+
+def _number(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        return None
+    try:
+        number = Decimal(str(value))
+    except ArithmeticError:
+        return None
+    return number if number.is_finite() else None
+
+
+def _price(definition: dict[str, Any]) -> tuple[Decimal, str, Decimal, str | None]:
+    """(base amount, currency, holdback factor, problem) of a fee. A fee pays only when its
+    ``propertyGroup`` has exactly one ``base`` component whose amount is above 0 with a currency,
+    and its holdback factor (if any: one) is at least 0 and below 1 (the ``ctms-fee``
+    invariants); otherwise ``problem`` says why (``invalid-fee``) and amount and factor are 0."""
+    bases, holdbacks = [], []
+    for group in definition.get("propertyGroup") or []:
+        for pc in (group.get("priceComponent") or []) if isinstance(group, dict) else []:
+            if isinstance(pc, dict) and pc.get("type") == "base":
+                bases.append(pc)
+            elif isinstance(pc, dict) and pc.get("type") == "deduction" and _code(pc.get("code"), EVENT_CS) == HOLDBACK:
+                holdbacks.append(pc)
+    problems = []
+    amount = currency = None
+    if len(bases) != 1:
+        problems.append(f"{len(bases)} base price components, not exactly one")
+    else:
+        money_ = bases[0].get("amount") if isinstance(bases[0].get("amount"), dict) else {}
+        amount, currency = _number(money_.get("value")), money_.get("currency")
+        if amount is None or amount <= 0:
+            problems.append(f"the base amount {money_.get('value')} is not above 0")
+        if not isinstance(currency, str) or not currency:
+            problems.append("the base amount has no currency")
+    factor = ZERO
+    if len(holdbacks) > 1:
+        problems.append(f"{len(holdbacks)} holdback deductions, not at most one")
+    elif holdbacks:
+        raw = holdbacks[0].get("factor")
+        got = _number(raw) if raw is not None else ZERO
+        if got is None or not ZERO <= got < 1:
+            problems.append(f"the holdback factor {raw} is not at least 0 and below 1")
+        else:
+            factor = got
+    cur = currency if isinstance(currency, str) else ""
+    if problems:
+        return ZERO, cur, ZERO, "; ".join(problems)
+    assert amount is not None
+    return amount, cur, factor, None
 
 
 def site_country(site: dict[str, Any]) -> str | None:
@@ -380,7 +437,8 @@ def consent_gap(consents: list[dict[str, Any]], day: dt.date) -> str | None:
 # -- events --------------------------------------------------------------------------------------
 
 def site_events(site: dict[str, Any], subjects: list[dict[str, Any]], consents: dict[str, dict[str, Any]],
-                appointments: list[dict[str, Any]], encounters: list[dict[str, Any]]) -> list[Event]:
+                appointments: list[dict[str, Any]], encounters: list[dict[str, Any]],
+                procedures: list[dict[str, Any]] = ()) -> list[Event]:  # type: ignore[assignment]
     """Every payable event of one site (all dates), with the issues known before pricing."""
     sid = site["id"]
     out: list[Event] = []
@@ -438,6 +496,8 @@ def site_events(site: dict[str, Any], subjects: list[dict[str, Any]], consents: 
                         f"{withdrawn.isoformat()}")
         out.append(ev)
 
+    out += procedure_events(site, subjects, appts, encounters, procedures, subject_event)
+
     for code in ("activated", "closed"):
         day = site_milestone(site, code)
         if day is not None:
@@ -451,30 +511,97 @@ def site_events(site: dict[str, Any], subjects: list[dict[str, Any]], consents: 
 
 
 def _issue(ev: Event, code: str, note: str) -> Event:
-    return Event(ev.key, ev.kind, ev.detail, ev.site, ev.on, ev.source, ev.subject, ev.patient,
-                 ev.encounter, ev.protocol, code, note)
+    return replace(ev, issue=code, note=note)
+
+
+def procedure_code(concept: Any) -> tuple[str, ...]:
+    """A Procedure's ``code`` as ``system|code`` strings (the codings with both), in order."""
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    return tuple(f"{c['system']}|{c['code']}" for c in codings or [] if isinstance(c, dict)
+                 and isinstance(c.get("system"), str) and c["system"] and isinstance(c.get("code"), str) and c["code"])
+
+
+def is_code(detail: str | None) -> bool:
+    """Whether a procedure fee's detail names a code (``system|code``, both non-empty)."""
+    system, bar, code = (detail or "").partition("|")
+    return bool(bar and system and code and "|" not in code)
+
+
+def procedure_events(site: dict[str, Any], subjects: list[dict[str, Any]], appts: dict[str, dict[str, Any]],
+                     encounters: list[dict[str, Any]], procedures: list[dict[str, Any]], subject_event: Any
+                     ) -> list[Event]:
+    """``procedure/<Procedure id>``: a ``completed`` Procedure of a subject of the site (its
+    ``subject`` the subject's Patient) done during one of that subject's study visits
+    (``encounter``: an Encounter, not cancelled or entered in error, whose ``appointment`` is a
+    planned visit of the subject); dated ``occurrenceDateTime``, else ``occurrencePeriod.start``,
+    else the visit's ``actualPeriod.start``; its detail the first coding of ``code`` as
+    ``system|code`` (a fee's detail may name any of its codings); its protocol the visit's.
+    Issues: ``no-consent`` and ``after-withdrawal`` as for visits. Procedures of no study visit
+    are not study work and are not listed."""
+    by_patient = {ref_id(s.get("subject"), "Patient"): s for s in subjects}
+    visits = {e["id"]: e for e in encounters if e.get("status") not in ("cancelled", "entered-in-error")}
+    out = []
+    for proc in sorted(procedures, key=lambda p: p.get("id") or ""):
+        if proc.get("status") != "completed":
+            continue
+        patient = ref_id(proc.get("subject"), "Patient")
+        s = by_patient.get(patient)
+        enc = visits.get(ref_id(proc.get("encounter"), "Encounter") or "")
+        if s is None or enc is None or ref_id(enc.get("subject"), "Patient") != patient:
+            continue
+        appt = appts.get(ref_id(next(iter(enc.get("appointment") or []), None), "Appointment") or "")
+        key = _visit_key(appt) if appt else None
+        if appt is None or key is None or key.partition("/")[0] != s["id"]:
+            continue
+        period = proc.get("occurrencePeriod") if isinstance(proc.get("occurrencePeriod"), dict) else {}
+        day = (subj.parse_date(proc.get("occurrenceDateTime")) or subj.parse_date(period.get("start"))
+               or subj.parse_date((enc.get("actualPeriod") or {}).get("start")))
+        codes = procedure_code(proc.get("code"))
+        if day is None:
+            continue
+        ev = subject_event(s, f"procedure/{proc['id']}", "procedure", codes[0] if codes else None, day,
+                           source=f"Procedure/{proc['id']}", encounter=enc["id"],
+                           protocol=_protocol_visit(appt)[0], codes=codes)
+        withdrawn = _withdrawn(s)
+        if ev.issue is None and withdrawn is not None and day > withdrawn:
+            ev = _issue(ev, "after-withdrawal", f"done {day.isoformat()}, after the withdrawal on "
+                        f"{withdrawn.isoformat()}")
+        out.append(ev)
+    return out
 
 
 # -- pricing -------------------------------------------------------------------------------------
 
 def select(fees: list[Fee], ev: Event, country: str | None) -> Fee | None:
     """The most specific fee that applies to the event (see the module docstring)."""
-    applicable = [f for f in fees if f.kind == ev.kind and (f.detail is None or f.detail == ev.detail)
+    applicable = [f for f in fees if f.kind == ev.kind and ev.names(f.detail)
                   and f.in_effect(ev.on) and (f.protocol is None or f.protocol == ev.protocol)
                   and f.scope_matches(ev.site, country)]
     return max(applicable, key=lambda f: f.rank, default=None)
 
 
 def price_site(site: dict[str, Any], events: list[Event], fees: list[Fee],
-               invoiced: frozenset[str] | set[str] = frozenset()) -> list[Line]:
+               invoiced: frozenset[str] | set[str] = frozenset(), *, withheld: Decimal = ZERO,
+               unheld: frozenset[str] | set[str] = frozenset(), start: dt.date | None = None,
+               end: dt.date | None = None) -> list[Line]:
     """Every event of the site priced (all dates), caps applied, the holdback release computed.
 
     ``invoiced``: the keys of the events already on a live invoice. Under a ``per-site-cap`` they
     count first and keep their payment, whatever their date; the others are paid, in date then
     key order, while the cap has room (an event dated earlier but reported late never displaces
-    one already invoiced)."""
+    one already invoiced).
+
+    The holdback release (the ``closed`` date) pays what was withheld: ``withheld`` (the
+    holdbacks on the site's live invoices, :func:`invoice_holdbacks`) plus the holdbacks of the
+    payable events on no live invoice dated in [``start``, ``end``] (the run of that period puts
+    them on the release's invoice). Once the release is on a live invoice (its key in
+    ``invoiced``), nothing releases a later holdback, so an event on no live invoice is paid
+    without holdback, and so is an invoiced one in ``unheld`` (its invoice line has no holdback:
+    it was invoiced so, after the release)."""
+    release = next((ev for ev in events if ev.kind == "holdback-release"), None)
+    released = release is not None and release.key in invoiced
     country = site_country(site)
-    currency: str | None = None
+    currency = site_currency(site, fees)[0]
     lines: list[Line] = []
     counted: dict[str, int] = {}
     for ev in events:
@@ -493,10 +620,15 @@ def price_site(site: dict[str, Any], events: list[Event], fees: list[Fee],
             lines.append(Line(ev, "not-paid", issue="no-fee",
                               note=f"no fee for {ev.kind}{' ' + ev.detail if ev.detail else ''} on {ev.on.isoformat()}"))
             continue
-        currency = currency or f.currency
+        if f.problem is not None:
+            lines.append(Line(ev, "not-paid", f, issue="invalid-fee",
+                              note=f"the fee {f.canonical} cannot pay: {f.problem}"))
+            continue
         if f.currency != currency:
             lines.append(Line(ev, "not-paid", f, issue="currency",
-                              note=f"the fee {f.canonical} is in {f.currency}, the site is paid in {currency}"))
+                              note=f"the fee {f.canonical} is in {f.currency}, " + (
+                                  f"the site is paid in {currency}" if currency else
+                                  "and the site's currency is not defined (its fees disagree)")))
             continue
         if f.cap is not None and ev.key not in invoiced:
             n = counted[f.kind] = counted.get(f.kind, 0) + 1
@@ -505,14 +637,63 @@ def price_site(site: dict[str, Any], events: list[Event], fees: list[Fee],
                                   note=f"number {n} beyond the per-site cap of {f.cap} ({f.canonical})"))
                 continue
         hb = holdback_of(f.amount, f.factor, f.currency)
-        lines.append(Line(ev, "payable", f, f.amount, hb, f.amount - hb))
-    release = next((ev for ev in events if ev.kind == "holdback-release"), None)
+        note = None
+        if released and hb and (ev.key not in invoiced or ev.key in unheld):
+            hb, note = ZERO, "paid without holdback: the site's holdback release is invoiced already"
+        lines.append(Line(ev, "payable", f, f.amount, hb, f.amount - hb, note=note))
     if release is not None and currency is not None:
-        withheld = sum((ln.holdback for ln in lines if ln.status == "payable"), ZERO)
-        lines.append(Line(release, "release", None, withheld, ZERO, withheld,
-                          note="release of the holdback withheld from every payment of the site"))
+        due = sum((ln.holdback for ln in lines if ln.status == "payable" and ln.event.key not in invoiced
+                   and (start is None or ln.event.on >= start) and (end is None or ln.event.on <= end)), ZERO)
+        lines.append(Line(release, "release", None, withheld + due, ZERO, withheld + due,
+                          note="release of the holdback withheld on the site's invoices"
+                               + (" and on this period's events invoiced with it" if due else "")))
     lines.sort(key=lambda ln: (ln.event.on, ln.event.key))
     return lines
+
+
+def site_currency(site: dict[str, Any], fees: list[Fee]) -> tuple[str | None, list[Discrepancy]]:
+    """The currency a site is paid in, and the ``currency`` discrepancies of its fee schedule.
+
+    The site's currency is that of the valid fees for its country (``venue`` its ISO 3166 code)
+    if there are any, else of the study-wide fees, else of the fees for the site itself: a site
+    is paid in its country's currency, and a fee for one site is an exception to the schedule,
+    never what sets the currency (a JPY start-up fee for a German site is reported, it does not
+    move the site to JPY). When that level's fees use more than one currency the site has no
+    currency: one ``currency`` discrepancy naming them, and nothing is paid. Each fee for the
+    site or its country in another currency than the site's is a ``currency`` discrepancy
+    (events it prices are not paid); a study-wide fee in another currency is reported only
+    when it prices one of the site's events (multi-country studies have study-wide rates in one
+    currency that countries in another override)."""
+    country = site_country(site)
+    valid = sorted((f for f in fees if f.problem is None and f.scope_matches(site["id"], country)),
+                   key=lambda f: f.canonical)
+    tiers = ([f for f in valid if f.site is None and f.country is not None],
+             [f for f in valid if f.site is None and f.country is None],
+             [f for f in valid if f.site is not None])
+    level = next((t for t in tiers if t), [])
+    found = sorted({f.currency for f in level})
+    if len(found) > 1:
+        return None, [Discrepancy("currency", f"the site's currency is not defined: its "
+                                  f"{'country' if level is tiers[0] else 'study' if level is tiers[1] else 'site'}"
+                                  f"-level fees use {', '.join(found)}; nothing is paid until they agree",
+                                  source=f"ResearchStudy/{site['id']}",
+                                  definitions=tuple(f.canonical for f in level))]
+    currency = found[0] if found else None
+    return currency, [Discrepancy("currency", f"the fee {f.canonical} ({'site' if f.site else 'country'} "
+                                  f"level) is in {f.currency}, the site is paid in {currency}: it pays nothing",
+                                  source=f"ResearchStudy/{site['id']}", definitions=(f.canonical,))
+                      for f in tiers[0] + tiers[2] if currency is not None and f.currency != currency]
+
+
+def invalid_fees(site: dict[str, Any], fees: list[Fee], start: dt.date | None,
+                 end: dt.date | None) -> list[Discrepancy]:
+    """``invalid-fee``: each fee whose scope includes the site, in effect at some point of the
+    period, whose price cannot pay (:func:`_price`): it pays nothing."""
+    country = site_country(site)
+    return [Discrepancy("invalid-fee", f"the fee {f.canonical} ({f.kind}{' ' + f.detail if f.detail else ''}) "
+                        f"cannot pay: {f.problem}; no event is paid under it", definitions=(f.canonical,))
+            for f in sorted(fees, key=lambda f: f.canonical)
+            if f.problem is not None and f.scope_matches(site["id"], country) and f.overlaps(start, end)]
 
 
 def rate_changes(site: dict[str, Any], fees: list[Fee], lines: list[Line], start: dt.date | None,
@@ -527,7 +708,7 @@ def rate_changes(site: dict[str, Any], fees: list[Fee], lines: list[Line], start
                    key=lambda k: (k[0], k[1] or ""))
     for kind, detail in kinds:
         cands = [f for f in fees if f.kind == kind and (f.detail is None or f.detail == detail)
-                 and f.scope_matches(site["id"], country) and f.overlaps(start, end)
+                 and f.problem is None and f.scope_matches(site["id"], country) and f.overlaps(start, end)
                  and (f.protocol is None or f.protocol in ran)]
         if not cands:
             continue
@@ -543,20 +724,18 @@ def rate_changes(site: dict[str, Any], fees: list[Fee], lines: list[Line], start
     return out
 
 
-#: fee codes no payable event is derived for (yet): their fees are reported, never silently unpaid
-NOT_DERIVED = ("procedure",)
-
-
 def not_derived(site: dict[str, Any], fees: list[Fee], start: dt.date | None,
                 end: dt.date | None) -> list[Discrepancy]:
-    """``not-derived``: each fee of a code no event is derived for (:data:`NOT_DERIVED`) whose
-    scope includes the site and that is in effect at some point of the period."""
+    """``not-derived``: each ``procedure`` fee whose detail names no code (not ``system|code``:
+    procedure events are matched by their codes, so it never applies) whose scope includes the
+    site and that is in effect at some point of the period."""
     country = site_country(site)
-    return [Discrepancy("not-derived", f"{f.kind}{' ' + f.detail if f.detail else ''}: no payable event "
-                        f"is derived for this code, so the fee {f.canonical} ({f.amount} {f.currency}) "
-                        "is never paid by $payments", definitions=(f.canonical,))
+    return [Discrepancy("not-derived", f"{f.kind}{' ' + f.detail if f.detail else ''}: the detail names no "
+                        f"code (system|code), so the fee {f.canonical} ({f.amount} {f.currency}) matches no "
+                        "procedure and is never paid by $payments", definitions=(f.canonical,))
             for f in sorted(fees, key=lambda f: f.canonical)
-            if f.kind in NOT_DERIVED and f.scope_matches(site["id"], country) and f.overlaps(start, end)]
+            if f.kind == "procedure" and f.detail is not None and not is_code(f.detail)
+            and f.scope_matches(site["id"], country) and f.overlaps(start, end)]
 
 
 def site_protocols(site: dict[str, Any], start: dt.date | None, end: dt.date | None) -> set[str]:
@@ -594,6 +773,37 @@ def invoiced_lines(charge_items: dict[str, dict[str, Any]], invoices: list[dict[
     return keys, lines
 
 
+def line_holdback(line_item: dict[str, Any]) -> Decimal | None:
+    """The holdback withheld on an Invoice line: its ``deduction`` components coded ``holdback``
+    (None: it has none)."""
+    amounts = [Decimal(str(((pc.get("amount") or {}).get("value")) or 0)) for pc in line_item.get("priceComponent") or []
+               if isinstance(pc, dict) and pc.get("type") == "deduction" and _code(pc.get("code"), EVENT_CS) == HOLDBACK]
+    return sum(amounts, ZERO) if amounts else None
+
+
+def invoice_holdbacks(invoices: list[dict[str, Any]], site_id: str, keys: dict[str, str],
+                      invoiced: dict[str, tuple[str, Decimal]]) -> tuple[Decimal, set[str]]:
+    """(the holdback withheld on the site's live invoices: the sum of their lines'
+    :func:`line_holdback`; the keys of the events listed without holdback on a live invoice
+    other than the one that lists the site's release), from :func:`invoiced_lines`' ``keys``
+    and ``invoiced``."""
+    release = invoiced.get(keys.get(f"holdback-release/{site_id}", ""))
+    by_cid = {cid: key for key, cid in keys.items()}
+    total, unheld = ZERO, set()
+    for inv in invoices:
+        if inv.get("status") in _DEAD or invoice_site(inv) != site_id:
+            continue
+        for li in inv.get("lineItem") or []:
+            if not isinstance(li, dict):
+                continue
+            hb = line_holdback(li)
+            total += hb or ZERO
+            cid = ref_id(li.get("chargeItemReference"), "ChargeItem")
+            if hb is None and (release is None or inv.get("id") != release[0]) and cid in by_cid:
+                unheld.add(by_cid[cid])
+    return total, unheld
+
+
 def line_net(line_item: dict[str, Any]) -> Decimal:
     """base and surcharge amounts minus deduction and discount amounts of an Invoice line."""
     total = ZERO
@@ -608,7 +818,8 @@ def report(study: dict[str, Any], sites: list[dict[str, Any]], subjects: list[di
            consents: list[dict[str, Any]], appointments: list[dict[str, Any]],
            encounters: list[dict[str, Any]], definitions: list[dict[str, Any]],
            charge_items: dict[str, dict[str, Any]], invoices: list[dict[str, Any]],
-           start: dt.date | None = None, end: dt.date | None = None) -> list[SiteReport]:
+           start: dt.date | None = None, end: dt.date | None = None,
+           procedures: list[dict[str, Any]] = ()) -> list[SiteReport]:  # type: ignore[assignment]
     """Per site (in id order): the events dated in [start, end] priced, with what is invoiced."""
     fees = [f for f in (fee(d, study["id"]) for d in definitions) if f is not None]
     by_id = {c["id"]: c for c in consents}
@@ -626,8 +837,12 @@ def report(study: dict[str, Any], sites: list[dict[str, Any]], subjects: list[di
         appt_ids = {a["id"] for a in appts}
         encs = [e for e in encounters
                 if ref_id(next(iter(e.get("appointment") or []), None), "Appointment") in appt_ids]
-        events = site_events(site, subs, by_id, appts, encs)
-        lines = price_site(site, events, fees, {k for k, cid in keys.items() if cid in invoiced})
+        patients = {ref_id(x.get("subject"), "Patient") for x in subs} - {None}
+        procs = [p for p in procedures if ref_id(p.get("subject"), "Patient") in patients]
+        events = site_events(site, subs, by_id, appts, encs, procs)
+        withheld, unheld = invoice_holdbacks(invoices, site["id"], keys, invoiced)
+        lines = price_site(site, events, fees, {k for k, cid in keys.items() if cid in invoiced},
+                           withheld=withheld, unheld=unheld, start=start, end=end)
         for ln in lines:
             cid = keys.get(ln.event.key)
             if cid is not None:
@@ -636,7 +851,7 @@ def report(study: dict[str, Any], sites: list[dict[str, Any]], subjects: list[di
                     ln.invoice, ln.invoiced = invoiced[cid]
         in_period = [ln for ln in lines if (start is None or ln.event.on >= start)
                      and (end is None or ln.event.on <= end)]
-        currency = next((ln.fee.currency for ln in lines if ln.fee is not None), None)
+        currency, currency_problems = site_currency(site, fees)
         rep = SiteReport(site["id"], site.get("title"), site_organization(site), currency, in_period)
         rep.discrepancies = [Discrepancy(ln.issue, ln.note or ln.issue, ln.event.key, ln.event.source,
                                          (ln.fee.canonical,) if ln.fee else ())
@@ -655,6 +870,8 @@ def report(study: dict[str, Any], sites: list[dict[str, Any]], subjects: list[di
                         source=f"Invoice/{inv['id']}"))
         rep.discrepancies += rate_changes(site, fees, in_period, start, end)
         rep.discrepancies += not_derived(site, fees, start, end)
+        rep.discrepancies += invalid_fees(site, fees, start, end)
+        rep.discrepancies += currency_problems
         out.append(rep)
     return out
 
@@ -677,6 +894,21 @@ def settled(invoice: dict[str, Any], notices: list[dict[str, Any]]) -> bool:
                 if n.get("status") == "active" and ref_id(n.get("request"), "Invoice") == invoice.get("id")
                 and (n.get("amount") or {}).get("currency") == currency), ZERO)
     return paid >= total
+
+
+def notice_problem(notice: dict[str, Any], invoice: dict[str, Any]) -> str | None:
+    """Why an ``active`` PaymentNotice cannot pay the Invoice its ``request`` names (None: it
+    can): its ``amount`` is not in the invoice's currency (``totalNet``). A notice of another
+    status pays nothing and is not checked (so a wrong one can be set ``cancelled``)."""
+    currency = (invoice.get("totalNet") or {}).get("currency") if isinstance(invoice.get("totalNet"), dict) else None
+    if notice.get("status") != "active" or not isinstance(currency, str):
+        return None
+    amount = notice.get("amount") if isinstance(notice.get("amount"), dict) else {}
+    if amount.get("currency") != currency:
+        return (f"PaymentNotice/{notice.get('id')} pays {amount.get('value')} "
+                f"{amount.get('currency') or '(no currency)'} but Invoice/{invoice.get('id')} is in {currency}: "
+                "a payment is confirmed in the invoice's currency")
+    return None
 
 
 def _amount(money_: Any) -> tuple[Decimal, Any]:

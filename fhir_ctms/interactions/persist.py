@@ -26,6 +26,7 @@ from ..resources.json import dumps
 from ..search.index import index_rows
 from ..storage.repository import IndexRow, Repository, Session, Stored, VersionConflict
 from .context import Context, instant, now_us
+from . import reactions
 
 _METHOD = {"create": "POST", "update": "PUT", "patch": "PATCH", "delete": "DELETE"}
 log = logging.getLogger("fhir_ctms")
@@ -54,7 +55,8 @@ def _stamp(resource: dict[str, Any], rid: str, version: int, ts_us: int) -> str:
 
 async def write(s: Session, ctx: Context, rtype: str, rid: str, resource: dict[str, Any] | None,
                 interaction: str, current: Stored | None) -> Stored:
-    """Store ``resource`` (None: a deletion) as the version after ``current`` and audit it."""
+    """Store ``resource`` (None: a deletion) as the version after ``current`` and audit it; then
+    the reactions to a write of its type (``interactions/reactions.py``), in the same transaction."""
     version = current.version + 1 if current else 1
     ts = now_us() if current is None else max(now_us(), current.ts_us + 1)
     content = _stamp(resource, rid, version, ts) if resource is not None else None
@@ -65,6 +67,8 @@ async def write(s: Session, ctx: Context, rtype: str, rid: str, resource: dict[s
         raise Conflict(str(exc)) from exc
     await s.set_index(rtype, rid, index_rows(resource) if resource is not None else [], new=current is None)
     await _audit(s, ctx, (rtype, rid, str(version)), interaction, ts)
+    if resource is not None:
+        await reactions.run(s, ctx, rtype, resource)  # the server's own consequences, same transaction
     return new
 
 

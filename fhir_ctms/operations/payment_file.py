@@ -11,6 +11,9 @@ payment file for the accounts-payable system.
 (the ChargeItem's ``sid/payable-event`` identifier), ``event_date``, ``event``, ``gross``,
 ``holdback``, ``net`` (the line's base, holdback deduction and net; on the TOTAL row the invoice's
 ``totalGross``, holdback and ``totalNet``). Amounts are written with the currency's minor unit.
+A text cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (a formula to
+a spreadsheet: CSV injection) is written with a single quote before it; amounts are numbers
+written by the server and never quoted so.
 
 Only an ``issued`` or ``balanced`` Invoice is paid: a ``draft``, ``cancelled`` or
 ``entered-in-error`` one is a 422. So is one whose figures do not add up
@@ -83,13 +86,24 @@ def _fmt(value: Any, currency: str) -> str:
     return str(pay.money(Decimal(str(value or 0)), currency))
 
 
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text(value: Any) -> str:
+    """A text cell, defused: a spreadsheet reads a cell starting with = + - @ (or a tab or CR
+    before one) as a formula; a leading single quote makes it text."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA) else text
+
+
 def _csv(invoice: dict[str, Any], org: dict[str, Any], site_id: str, site: dict[str, Any],
          items: dict[str, dict[str, Any]]) -> str:
     currency = (invoice.get("totalNet") or {}).get("currency") or ""
     ident = next(iter(org.get("identifier") or []), {}) or {}
-    head = [org.get("name") or "", f"{ident.get('system', '')}|{ident.get('value', '')}" if ident else "",
-            f"ResearchStudy/{site_id}" if site_id else "", site.get("title") or "", currency,
-            f"Invoice/{invoice['id']}", invoice.get("status") or ""]
+    head = [_text(v) for v in (
+        org.get("name") or "", f"{ident.get('system', '')}|{ident.get('value', '')}" if ident else "",
+        f"ResearchStudy/{site_id}" if site_id else "", site.get("title") or "", currency,
+        f"Invoice/{invoice['id']}", invoice.get("status") or "")]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(COLUMNS)
@@ -105,8 +119,8 @@ def _csv(invoice: dict[str, Any], org: dict[str, Any], site_id: str, site: dict[
         key = next((i.get("value") for i in ci.get("identifier") or [] if i.get("system") == pay.EVENT_SYSTEM), "")
         event = (ci.get("code") or {}).get("text") or next(
             (c.get("code") for c in (ci.get("code") or {}).get("coding") or []), "")
-        w.writerow([*head, li.get("sequence", ""), f"ChargeItem/{cid}" if cid else "", key,
-                    li.get("servicedDate") or (ci.get("occurrenceDateTime") or "")[:10], event,
+        w.writerow([*head, _text(li.get("sequence", "")), _text(f"ChargeItem/{cid}" if cid else ""), _text(key),
+                    _text(li.get("servicedDate") or (ci.get("occurrenceDateTime") or "")[:10]), _text(event),
                     _fmt(gross, currency), _fmt(hb, currency), _fmt(gross - hb, currency)])
     w.writerow([*head, "TOTAL", "", "", "", "", _fmt((invoice.get("totalGross") or {}).get("value"), currency),
                 _fmt(hb_total, currency), _fmt((invoice.get("totalNet") or {}).get("value"), currency)])

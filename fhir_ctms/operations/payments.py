@@ -33,7 +33,11 @@ invoices. Then, for every site with something due, it
   identifier made of the site and a hash of the keys and of the site's cancelled invoices; a
   match, i.e. an invoice of these events that no longer lists them, is a 409);
 - and updates to ``balanced`` every ``issued`` Invoice of the study's sites paid in full by its
-  PaymentNotices (``ctms.payments.settled``), with ``If-Match``.
+  PaymentNotices (``ctms.payments.settled``), with ``If-Match`` (one issued after its notices
+  arrived: a notice's own write balances its invoice at once, :func:`confirm_payment`).
+
+Each write's Provenance names the operation (:func:`operation_context`: reason "$payments persist
+for ResearchStudy/<study>, site <ids>, period <start>..<end>", activity ``operation``).
 
 When the first read finds nothing due and nothing settled, nothing is written. Amounts are
 written as exact decimals with the currency's minor unit (``16952.00``).
@@ -51,6 +55,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import re
 from dataclasses import replace
 from decimal import Decimal
@@ -64,6 +69,7 @@ from ..interactions import table  # a module: table imports the operations (perf
 from ..interactions.access import wrap
 from ..interactions.context import Context, FhirRequest, FhirResponse, etag, instant, now_us
 from ..interactions.persist import record_security_event
+from ..interactions import reactions
 from ..interactions.router import entry_request
 from ..resources.json import loads
 from ..search.parse import parse
@@ -171,6 +177,7 @@ async def _read(ctx: Context, study_id: str, asked: list[str]) -> dict[str, Any]
             "consents": await _search(s, "Consent", "_id", consent_ids),
             "appointments": await _search(s, "Appointment", "subject", refs),
             "encounters": await _search(s, "Encounter", "subject", refs),
+            "procedures": await _search(s, "Procedure", "subject", refs),
             "definitions": await _search(s, "ChargeItemDefinition", "status", ["active"]),
         }
         await _read_state(s, data)
@@ -278,7 +285,7 @@ def _invoice(study: dict[str, Any], rep: pay.SiteReport, lines: list[tuple[pay.L
     for n, (ln, ref) in enumerate(lines, 1):
         comps = [{"type": "base", "code": {"coding": [{"system": pay.EVENT_CS, "code": ln.event.kind}]},
                   "amount": _money(ln.gross, cur)}]
-        if ln.fee is not None and ln.fee.factor:
+        if ln.fee is not None and ln.fee.factor and ln.holdback:  # none when paid without holdback
             comps.append({"type": "deduction", "code": {"coding": [{"system": pay.EVENT_CS, "code": pay.HOLDBACK}]},
                           "factor": ln.fee.factor, "amount": _money(ln.holdback, cur)})
         items.append({"sequence": n, "servicedDate": ln.event.on.isoformat(),
@@ -329,7 +336,8 @@ def _due(rep: pay.SiteReport) -> list[pay.Line]:
 
 def _report(data: dict[str, Any], start: dt.date | None, end: dt.date | None) -> list[pay.SiteReport]:
     return pay.report(data["study"], data["sites"], data["subjects"], data["consents"], data["appointments"],
-                      data["encounters"], data["definitions"], data["charge_items"], data["invoices"], start, end)
+                      data["encounters"], data["definitions"], data["charge_items"], data["invoices"], start, end,
+                      data.get("procedures", []))
 
 
 async def _write(ctx: Context, s: Session, method: str, url: str, resource: dict[str, Any],
@@ -354,6 +362,7 @@ async def _persist_all(ctx: Context, data: dict[str, Any], start: dt.date | None
     commits: two concurrent runs, whatever their periods, never put one ChargeItem on two live
     invoices, and the second sees the first's ChargeItems and invoices (caps included)."""
     written: dict[str, Any] = {"invoices": {}, "charge_items": 0, "balanced": []}
+    ctx = operation_context(ctx, data, start, end)
     async with ctx.repo.session(write=True) as raw:
         await _read_state(wrap(ctx, None, raw), data)
         reports = _report(data, start, end)
@@ -397,13 +406,75 @@ async def _persist_all(ctx: Context, data: dict[str, Any], start: dt.date | None
                                "cancel it and run again; nothing was written")
             written["invoices"][rep.site] = res.stored.id
         for inv in _settled(data):
-            version = int(((inv.get("meta") or {}).get("versionId")) or 0)
-            meta = {k: v for k, v in (inv.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-            balanced = {**{k: v for k, v in inv.items() if k != "meta"}, "status": "balanced",
-                        **({"meta": meta} if meta else {})}
-            await _write(ctx, raw, "PUT", f"Invoice/{inv['id']}", balanced, {"if-match": etag(version)})
+            await _balance(ctx, raw, inv)
             written["balanced"].append(inv["id"])
     return reports, written
+
+
+def operation_context(ctx: Context, data: dict[str, Any], start: dt.date | None, end: dt.date | None) -> Context:
+    """``ctx`` for the writes of ``persist=true``: their Provenance names the operation, its
+    reason "$payments persist for ResearchStudy/<study>, site <ids>, period <start>..<end>" (or
+    "from <start>", "to <end>", "all dates"; then
+    the client's own reason, ``X-Reason``, if any) and its activity the restful-interaction code
+    ``operation`` with the text ``$payments`` (after the client's ``X-Provenance`` codings)."""
+    sites = ", ".join(sorted(c["id"] for c in data["sites"])) or "none"
+    period = (f"period {start.isoformat()}..{end.isoformat()}" if start and end else
+              f"from {start.isoformat()}" if start else f"to {end.isoformat()}" if end else "all dates")
+    reason = f"$payments persist for ResearchStudy/{data['study']['id']}, site {sites}, {period}"
+    given = json.loads(ctx.activity) if ctx.activity else {}
+    activity = {"coding": [*(given.get("coding") or []),
+                           {"system": records.RESTFUL_INTERACTION, "code": "operation", "display": "operation"}],
+                "text": "$payments"}
+    return replace(ctx, reason=f"{reason}: {ctx.reason}" if ctx.reason else reason,
+                   activity=json.dumps(activity, sort_keys=True))
+
+
+async def _balance(ctx: Context, s: Session, inv: dict[str, Any]) -> None:
+    """``inv`` (as read in this transaction) updated to ``balanced``, with ``If-Match`` on the
+    version read: an ordinary update (version, Provenance with ``ctx.reason``, AuditEvent)."""
+    version = int(((inv.get("meta") or {}).get("versionId")) or 0)
+    meta = {k: v for k, v in (inv.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    balanced = {**{k: v for k, v in inv.items() if k != "meta"}, "status": "balanced",
+                **({"meta": meta} if meta else {})}
+    await _write(ctx, s, "PUT", f"Invoice/{inv['id']}", balanced, {"if-match": etag(version)})
+
+
+# -- the reaction to a PaymentNotice -------------------------------------------------------------
+
+@reactions.after_write("PaymentNotice")
+async def confirm_payment(s: Session, ctx: Context, notice: dict[str, Any]) -> None:
+    """A PaymentNotice written (created, updated, patched; a transaction entry alike) whose
+    ``request`` names a stored Invoice, in the write's own transaction: an ``active`` notice in
+    another currency than the invoice's is refused (422: ``ctms.payments.notice_problem``); an
+    ``issued`` invoice that its active notices in its currency pay in full
+    (``ctms.payments.settled``) and whose figures add up (``ctms.payments.invoice_problems``;
+    one that does not is left ``issued`` and reported by ``$payments`` as ``invoice-mismatch``)
+    is updated to ``balanced`` at once, a new version whose Provenance gives the reason
+    "paid in full: PaymentNotice/<id>". Draft, balanced, cancelled invoices are left as they
+    are. ``s`` is beneath the token's guard (``interactions/reactions.py``); the update runs
+    under it like any write."""
+    invoice_id = pay.ref_id(notice.get("request"), "Invoice")
+    if invoice_id is None:
+        return
+    st = await s.current("Invoice", invoice_id)
+    if st is None or st.deleted or st.content is None:
+        return
+    invoice = loads(st.content)
+    problem = pay.notice_problem(notice, invoice)
+    if problem:
+        raise Unprocessable(problem)
+    if invoice.get("status") != "issued":
+        return
+    notices = await _search(s, "PaymentNotice", "request", [f"Invoice/{invoice_id}"])
+    if not pay.settled(invoice, notices):
+        return
+    cids = sorted({pay.ref_id(li.get("chargeItemReference"), "ChargeItem") or ""
+                   for li in invoice.get("lineItem") or [] if isinstance(li, dict)} - {""})
+    charge_items = {c["id"]: c for c in await _search(s, "ChargeItem", "_id", cids)}
+    if pay.invoice_problems(invoice, charge_items):
+        return
+    await _balance(replace(ctx, reason=f"paid in full: PaymentNotice/{notice.get('id')}", activity=None),
+                   s, invoice)
 
 
 async def _audit(ctx: Context, study_id: str, written: dict[str, Any]) -> None:

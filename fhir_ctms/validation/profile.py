@@ -18,8 +18,12 @@ profile; :meth:`Profile.validate` walks a resource (a JSON dict) along that tree
   warning;
 - types the profile narrows: a choice element's JSON name must be one of the allowed types, and a
   Reference's literal type (``Patient/1``) one of its target profiles' types;
-- extension url slices (``Extension.extension:protocol``, complex extensions only): each slice's
-  cardinality and its own elements;
+- extension slices (R5 profiling.html#slicing, discriminator ``value`` on ``url``, rules open):
+  a slice's cardinality counted over the extensions of its url (the ``url`` it fixes in a complex
+  extension, ``Extension.extension:protocol``; the extension its type profiles in a resource,
+  ``ResearchStudy.extension:siteProtocol``), its own elements checked on each of them;
+  extensions of other urls are left to the open slicing (and a CTMS extension, wherever it
+  sits, to its own definition: ``validation.validate``);
 - every constraint (``constraint.expression``) evaluated by fhirpathpy on each instance of its
   element (``%resource`` the resource): severity error gives an error, warning a warning, the
   key leads the message. Skipped: ``ele-1`` (every element has a value or children: the JSON
@@ -95,7 +99,7 @@ class Element:
     binding: tuple[str, str] | None = None  #: (strength, value set) set by the profile
     constraints: list[Constraint] = field(default_factory=list)
     children: list[Element] = field(default_factory=list)
-    slices: dict[str, Element] = field(default_factory=dict)  #: url -> slice (Extension.extension)
+    slices: dict[str, Element] = field(default_factory=dict)  #: url -> slice (of an extension)
     slice_name: str | None = None
     #: the FHIRPath type of an instance (a type code or a backbone path; None: a choice's own)
     fp_type: str | None = None
@@ -166,6 +170,7 @@ def compile_profile(sd: dict[str, Any],
     snapshot = sd["snapshot"]["element"]
     diff = {e["id"]: e for e in (sd.get("differential") or {}).get("element", [])}
     diff_ids = set(diff)
+    snapshot_by_id = {e["id"]: e for e in snapshot}
     by_id: dict[str, Element] = {}
     keep: dict[str, bool] = {}
     order: list[tuple[str, str | None]] = []  # (id, parent id)
@@ -223,15 +228,26 @@ def compile_profile(sd: dict[str, Any],
         el = by_id[eid]
         host = by_id[parent]
         if el.slice_name is not None:
-            url_element = by_id.get(eid + ".url")
-            fixed_url = url_element.fixed if url_element is not None else None
-            host.slices[fixed_url[1] if fixed_url else el.slice_name] = el
+            host.slices[_slice_url(eid, el, by_id, snapshot_by_id[eid])] = el
         else:
             host.children.append(el)
     root = by_id[root_id]
     contexts = tuple(c.get("expression", "") for c in sd.get("context") or []
                      if c.get("type") == "element")
     return Profile(sd["url"], sd["type"], root, contexts)
+
+
+def _slice_url(eid: str, el: Element, by_id: dict[str, Element], snap: dict[str, Any]) -> str:
+    """The url an extension slice matches (the discriminator ``value`` on ``url``): its fixed
+    ``url`` (a part of a complex extension), else the extension its type profiles (a
+    resource's extension slice)."""
+    url_element = by_id.get(eid + ".url")
+    if url_element is not None and url_element.fixed is not None:
+        return url_element.fixed[1]
+    profiles = [u for t in snap.get("type") or [] for u in t.get("profile") or []]
+    if len(profiles) == 1:
+        return profiles[0].partition("|")[0]
+    return el.slice_name or ""
 
 
 def _fhirpath(expression: str) -> Callable[[Any, dict[str, Any]], list[Any]]:

@@ -1031,6 +1031,15 @@ async def test_mandatory_profiles(repo, client) -> None:
         r = await strict.post("/ResearchSubject", json=no_claim)
         assert r.status_code == 422
         assert (await strict.post("/Patient", json={"resourceType": "Patient"})).status_code == 201
+        # a fee (coded from payable-event) must be a ctms-fee, claimed or not
+        unclaimed_fee = fee()
+        unclaimed_fee.pop("meta", None)
+        assert (await strict.post("/ChargeItemDefinition", json=unclaimed_fee)).status_code == 201
+        broken = {**unclaimed_fee, "propertyGroup": [{"priceComponent": [
+            {"type": "base", "amount": {"value": -100, "currency": "EUR"}}]}]}
+        r = await strict.post("/ChargeItemDefinition", json=broken)
+        assert r.status_code == 422 and "ctms-fee-2" in r.text, r.text
+        assert (await client.post("/ChargeItemDefinition", json=broken)).status_code == 201  # not mandatory
         ok = site()
         del ok["meta"]
         assert (await strict.post("/ResearchStudy", json=ok)).status_code == 201

@@ -22,7 +22,8 @@ profile whether it claims it or not: a ResearchStudy to ``ctms-study``, ``ctms-c
 ``ctms-subject``, a PractitionerRole to ``ctms-site-staff``, a Practitioner to
 ``ctms-investigator``, a PlanDefinition of type ``clinical-protocol`` to ``ctms-protocol``, a
 CarePlan with a ``sid/visit-plan`` identifier to ``ctms-visit-plan`` and an Appointment with a
-``sid/planned-visit`` identifier to ``ctms-planned-visit``. PlanDefinitions, CarePlans,
+``sid/planned-visit`` identifier to ``ctms-planned-visit``, a ChargeItemDefinition coded from
+``payable-event`` (a fee) to ``ctms-fee``. PlanDefinitions, CarePlans,
 Appointments and Encounters have other uses in a CTMS (visit definitions, monitoring visits,
 care outside the study), so only those that are recognisably the CTMS's own are held to the
 profile; an Encounter is a ``ctms-study-visit`` only when it claims it.
@@ -88,6 +89,9 @@ def _extensions() -> dict[str, Profile]:
             if sd.get("type") == "Extension" and sd.get("derivation") == "constraint"}
 
 
+_PAYABLE_EVENT = "http://fhir-ctms.org/fhir/CodeSystem/payable-event"
+
+
 def mandatory_profile(resource: dict[str, Any]) -> str | Issue | None:
     """The CTMS profile a resource must conform to when profiles are mandatory (its URL), an
     issue when it cannot be told (a ResearchStudy without a level), None for other kinds."""
@@ -108,6 +112,11 @@ def mandatory_profile(resource: dict[str, Any]) -> str | Issue | None:
         coded = [c for c in ((resource.get("type") or {}).get("coding") or []) if isinstance(c, dict)]
         if any(c.get("code") == "clinical-protocol" for c in coded):
             return CANONICAL + "ctms-protocol"
+    if rtype == "ChargeItemDefinition":
+        code = resource.get("code")
+        coded = code.get("coding") if isinstance(code, dict) else None
+        if any(isinstance(c, dict) and c.get("system") == _PAYABLE_EVENT for c in coded or []):
+            return CANONICAL + "ctms-fee"
     if rtype in _BY_IDENTIFIER:
         system, pid = _BY_IDENTIFIER[rtype]
         if any(isinstance(i, dict) and i.get("system") == system

@@ -1230,3 +1230,42 @@ async def test_payment_notice_under_a_token(repo):
         prov = await _provenances(open_, ref)
         assert prov["3"]["agent"][0]["who"]["display"] == "alice"
         assert prov["3"]["authorization"][0]["concept"]["text"] == "paid in full: PaymentNotice/pn-2"
+
+
+async def test_the_finance_role_runs_payments_and_milestones(repo):
+    """The CTMS's own finance role (auth/roles.py) holds what $payments reads and writes: a
+    token with exactly its scopes reports, persists and reads milestones; a monitor's reads but
+    cannot persist (it may not create ChargeItems), and nothing is written."""
+    from fhir_ctms.auth.keys import KeyRing
+    from fhir_ctms.auth.roles import DEFAULT
+    from fhir_ctms.auth.tokens import ACCESS_TYP, access_claims, sign
+    from fhir_ctms.storage.auth_store import AuthStore
+
+    from .conftest import empty_tables, make_client
+    from .smart import register
+
+    await empty_tables(repo)
+    store = AuthStore(repo.engine)
+    await register(store)
+    ring = KeyRing(store, "ES384", 3600)
+    base = "http://testserver/fhir"
+
+    async def bearer(role: str) -> dict[str, str]:
+        key, record = await ring.signer()
+        body = access_claims(issuer=base, audience=base, client_id="secret-app", subject=role,
+                             scope=" ".join(DEFAULT[role]), lifetime=3600, context={}, roles=(role,))
+        return {"Authorization": "Bearer " + sign(key, record.kid, record.alg, body, ACCESS_TYP)}
+
+    async with make_client(repo) as open_, make_client(repo, auth_enabled=True) as http:
+        await build(open_)
+        period = {"site": "site-gb", "start": "2026-01-01", "end": "2026-03-15"}
+        monitor, finance = await bearer("monitor"), await bearer("finance")
+        r = await http.post("/ResearchStudy/pay-study/$payments", params={**period, "persist": "true"}, headers=monitor)
+        assert r.status_code == 403, r.text
+        assert (await open_.get("/ChargeItem", params={"_summary": "count"})).json()["total"] == 0
+        r = await http.get("/ResearchStudy/pay-study/$payments", params=period, headers=finance)
+        assert r.status_code == 200, r.text
+        r = await http.post("/ResearchStudy/pay-study/$payments", params={**period, "persist": "true"}, headers=finance)
+        assert r.status_code == 200, r.text
+        assert (await open_.get("/ChargeItem", params={"_summary": "count"})).json()["total"] == 6
+        assert (await http.get("/ResearchStudy/pay-study/$milestones", headers=finance)).status_code == 200

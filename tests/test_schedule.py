@@ -486,9 +486,9 @@ async def test_the_example_study_is_already_scheduled(client):
 # -- under a SMART token ------------------------------------------------------------------------
 
 async def test_scopes_are_enforced_on_the_operation_and_on_each_write(repo):
-    """$schedule needs u on ResearchSubject; each write of its transaction needs its own
-    permission (a token that may not create Appointments writes nothing); the audit records name
-    the token's user."""
+    """$schedule needs read of the ResearchSubject (system/ or user/); each write of its
+    transaction needs its own permission (a token that may read everything but write nothing, or
+    may not create Appointments, writes nothing); the audit records name the token's user."""
     from fhir_ctms.auth.keys import KeyRing
     from fhir_ctms.auth.tokens import ACCESS_TYP, access_claims, sign
     from fhir_ctms.storage.auth_store import AuthStore
@@ -514,8 +514,10 @@ async def test_scopes_are_enforced_on_the_operation_and_on_each_write(repo):
         url = "/ResearchSubject/rs1/$schedule"
         r = await http.post(url, json=body, headers=await bearer("user/*.rs"))
         assert r.status_code == 403, r.text
+        r = await http.post(url, json=body, headers=await bearer("user/ResearchSubject.u"))
+        assert r.status_code == 403 and "read on ResearchSubject" in r.text, r.text
         r = await http.post(url, json=body, headers=await bearer(
-            "user/ResearchSubject.u user/CarePlan.cu user/Appointment.rs"))
+            "user/*.rs user/CarePlan.crus"))
         assert r.status_code == 403, r.text
         assert "Appointment" in r.json()["issue"][0]["diagnostics"]
         assert await search(open_, "/CarePlan?subject=Patient/p1") == []

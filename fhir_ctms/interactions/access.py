@@ -98,6 +98,9 @@ MAX_CONDITIONS = 6
 #: operations that change no state but read data a guarded session cannot filter: they need an
 #: unconditional system/ or user/ scope (``$registry-export`` reads Organizations and Locations)
 WHOLE_READS = frozenset({"registry-export"})
+#: operations that change state through ordinary interactions (a transaction's writes), each
+#: checked against the token: their gate is read of their target, with a system/ or user/ scope
+GUARDED_WRITES = frozenset({"schedule", "payments"})
 #: operations that read a stored ValueSet by its url at the type level, outside any guard
 _VALUESET_READS = frozenset({"expand", "validate-code"})
 
@@ -375,6 +378,13 @@ def check_operation(req: FhirRequest, grant: "AccessGrant") -> None:
     rtype = req.type or "*"
     where = "every type" if rtype == "*" else rtype
     writes = operations.changes_state(op, req)
+    if writes and op.code in GUARDED_WRITES:
+        letter = "r" if req.id is not None else "s"
+        if not any(sc.context in ("system", "user") and letter in sc.permissions and sc.type in ("*", rtype)
+                   for sc in grant.scopes.resources):
+            raise forbidden(f"${req.operation} needs a system/ or user/ scope with {_NAMES[letter]} on "
+                            f"{where} (and the permissions of what it writes)")
+        return
     if writes or op.code in WHOLE_READS:
         letter = "u" if writes else "r"
         if not any(sc.context in ("system", "user") and not sc.query and letter in sc.permissions
@@ -394,6 +404,21 @@ def check_operation(req: FhirRequest, grant: "AccessGrant") -> None:
     if req.id is None and op.code in _VALUESET_READS and not g.unconditional(req.type):
         raise forbidden(f"${req.operation} at the type level reads stored ValueSets by url: it needs "
                         f"{_NAMES[letter]} on every {req.type}")
+
+
+def require_whole(ctx: Context, types: tuple[str, ...], operation: str) -> None:
+    """403 unless the token searches every resource of ``types`` unconditionally. Operations that
+    aggregate ($enrollment, $milestones, $payments) call it: counted over the part of the data a
+    token sees, their figures would be wrong while looking right."""
+    grant = ctx.access
+    if grant is None:
+        return
+    g = Guard(grant, "s")
+    partial = [t for t in types if not g.unconditional(t)]
+    if partial:
+        raise forbidden(f"${operation} counts every {', '.join(partial)} of the study: it needs a system/ or "
+                        f"user/ scope with search on {', '.join(partial)} without conditions (a partial view "
+                        "would give wrong figures)")
 
 
 async def check_operation_target(req: FhirRequest, ctx: Context) -> None:

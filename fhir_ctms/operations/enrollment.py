@@ -28,7 +28,7 @@ from typing import Any
 
 from ..ctms import enrollment as en
 from ..errors import BadRequest, Gone, NotFound
-from ..interactions.access import wrap
+from ..interactions.access import require_whole, wrap
 from ..interactions.context import Context, FhirRequest, FhirResponse
 from ..resources.json import loads
 from ..search.parse import parse
@@ -52,6 +52,7 @@ async def enrollment(req: FhirRequest, ctx: Context, params: list[tuple[str, Any
     if unknown:
         raise BadRequest(f"$enrollment: unknown parameter(s) {', '.join(unknown)}")
     as_of = _as_of([v for n, v in params if n == "date"])
+    require_whole(ctx, ("ResearchStudy", "ResearchSubject"), "enrollment")
     async with ctx.repo.session(write=False) as raw:
         s = wrap(ctx, None, raw)
         asked = await _read(s, req.id or "")

@@ -37,7 +37,7 @@ from ..ctms import enrollment as en
 from ..ctms import milestones as ms
 from ..ctms.subjects import parse_date
 from ..errors import BadRequest
-from ..interactions.access import wrap
+from ..interactions.access import require_whole, wrap
 from ..interactions.context import Context, FhirRequest, FhirResponse
 from ..resources.json import loads
 from ..search.parse import parse
@@ -67,6 +67,7 @@ async def milestones(req: FhirRequest, ctx: Context, params: list[tuple[str, Any
             raise BadRequest(f"$milestones: unknown parameter(s) {', '.join(unknown)}")
     as_of = _date([v for n, v in params if n == "date"])
     states = _states([v for n, v in params if n == "state"])
+    require_whole(ctx, ("ResearchStudy", "ResearchSubject", "CarePlan", "Encounter"), "milestones")
     search = [(n, v) for n, v in params if n not in _OWN]
     for n, v in search:
         if n.split(":")[0] in _RESULT:

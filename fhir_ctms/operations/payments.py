@@ -66,7 +66,7 @@ from ..audit import records
 from ..ctms import payments as pay
 from ..errors import BadRequest, Conflict, Gone, MethodNotAllowed, NotFound, Unprocessable
 from ..interactions import table  # a module: table imports the operations (perform looked up at call time)
-from ..interactions.access import wrap
+from ..interactions.access import require_whole, wrap
 from ..interactions.context import Context, FhirRequest, FhirResponse, etag, instant, now_us
 from ..interactions.persist import record_security_event
 from ..interactions import reactions
@@ -95,6 +95,8 @@ async def payments(req: FhirRequest, ctx: Context, params: list[tuple[str, Any]]
         raise MethodNotAllowed("$payments with persist=true changes state: invoke it with POST",
                                headers={"Allow": "POST"})
     asked = [_site_id(v) for n, v in params if n == "site"]
+    require_whole(ctx, ("ResearchStudy", "ResearchSubject", "Consent", "Appointment", "Encounter", "Procedure",
+                        "ChargeItemDefinition", "ChargeItem", "Invoice", "PaymentNotice"), "payments")
     data = await _read(ctx, req.id or "", asked)
     reports = _report(data, start, end)
     written: dict[str, Any] = {}

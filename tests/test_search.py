@@ -789,7 +789,12 @@ async def test_chain_with_type_modifier(client):
 async def test_chain_two_levels(client):
     await load_acme(client)
     assert await ids(client, "/ResearchSubject", {"study.part-of.title": "ACME-101 in Germany"}) == DE
-    assert await ids(client, "/ResearchSubject", {"study.part-of.region": "urn:iso:std:iso:3166|FR"}) == FR
+    assert await ids(client, "/ResearchSubject", {"study.part-of.title": "ACME-101 in France"}) == FR
+    # a site is part of its country and of the study, whose regions are GB, DE and FR: every
+    # subject's site has a parent in FR
+    everyone = await ids(client, "/ResearchSubject", {"_count": "1000"})
+    assert await ids(client, "/ResearchSubject", {"study.part-of.region": "urn:iso:std:iso:3166|FR",
+                                                  "_count": "1000"}) == everyone
     assert await ids(client, "/ResearchSubject", {"study.site:Organization.name": "Universitätsklinikum"}) == DE
     assert await ids(client, "/ResearchSubject", {"study.part-of.title": "no such study"}) == set()
 
@@ -810,7 +815,7 @@ async def test_reverse_chain_nested(client):
     await load(client, study("other-study"), study("other-site", partOf=[{"reference": "ResearchStudy/other-study"}]))
     assert await ids(client, "/ResearchStudy", {
         "_has:ResearchStudy:part-of:_has:ResearchSubject:study:patient": "Patient/pat-de-01-005"}) == {
-        "ResearchStudy/acme-101-de"}
+        "ResearchStudy/acme-101-de", "ResearchStudy/acme-101"}  # a site is part of its country and its study
     assert await ids(client, "/Organization", {
         "_has:ResearchStudy:site:_has:ResearchSubject:study:patient": "Patient/pat-gb-01-001"}) == {
         "Organization/org-gb-01"}

@@ -226,7 +226,8 @@ def test_research_study_values():
     site = acme("site-gb-01")
     site["period"] = {"start": "2026-03-01", "end": "2027-06"}
     assert rows(site, "status") == [TokenValue("status", None, "active")]
-    assert rows(site, "part-of") == [ReferenceValue("part-of", "ResearchStudy", "acme-101-gb")]
+    assert rows(site, "part-of") == [ReferenceValue("part-of", "ResearchStudy", "acme-101-gb"),
+                                     ReferenceValue("part-of", "ResearchStudy", "acme-101")]
     assert ReferenceValue("site", "Location", "loc-gb-01") in rows(site, "site")
     assert rows(site, "date") == [DateValue("date", us("2026-03-01"), us("2027-07-01"))]
     assert rows(site, "recruitment-target") == [

@@ -66,8 +66,11 @@ def test_clients_users_and_keys_from_the_command_line(fresh_database_url, live_s
     assert first.status_code == 200, first.text
     old_kid = _kid(first.json()["access_token"])
     rotated = run(url, "keys", "rotate")
-    assert rotated.returncode == 0 and rotated.stdout.startswith("new signing key ")
-    new_kid = rotated.stdout.split()[3]
+    # two new keys: the access tokens' (ES384) and the id tokens' (RS256)
+    new = [line.split() for line in rotated.stdout.splitlines()]
+    assert rotated.returncode == 0 and len(new) == 2 and all(w[:3] == ["new", "signing", "key"] for w in new)
+    assert sorted(w[4] for w in new) == ["(ES384)", "(RS256)"]
+    new_kid = next(w[3] for w in new if w[4] == "(ES384)")
     keys_listed = [line.split("\t") for line in run(url, "keys", "list").stdout.splitlines()]
     # the access tokens' key and the id tokens' RS256 key, each rotated: two signing, two retired
     assert len(keys_listed) == 4 and [new_kid, "ES384"] in [k[:2] for k in keys_listed if k[3] == "signing"]

@@ -600,6 +600,7 @@ def test_a_rejection_lists_its_errors_first():
                          {"coding": [{"system": SUBJECT_STATE, "code": "on-study"}]})
     r["meta"] = {"profile": ["http://fhir-ctms.org/fhir/StructureDefinition/ctms-subject"]}
     r["identifier"] = [{"system": "urn:x", "value": "1"}]
+    r["consent"] = [{"reference": "Consent/c1"}]  # ctms-subject-4
     r["progress"][0]["reason"] = {"coding": [{"system": "http://example.org/other", "code": "x"}]}
     del r["progress"][1]["startDate"]
     with pytest.raises(Unprocessable) as caught:

@@ -77,18 +77,19 @@ async def enrollment(req: FhirRequest, ctx: Context, params: list[tuple[str, Any
     return FhirResponse(200, body=_parameters(rep, levels))
 
 
-def _as_of(values: list[Any]) -> dt.date:
+def _as_of(values: list[Any], op: str = "enrollment") -> dt.date:
+    """The evaluation date of a counting operation (``date``, default today UTC)."""
     if not values:
         return dt.datetime.now(dt.timezone.utc).date()
     if len(values) > 1:
-        raise BadRequest("$enrollment: date may be given once")
+        raise BadRequest(f"${op}: date may be given once")
     v = values[0]
     if not isinstance(v, str) or not _DATE.match(v):
-        raise BadRequest(f"$enrollment: date must be a full date (YYYY-MM-DD), not {v!r}")
+        raise BadRequest(f"${op}: date must be a full date (YYYY-MM-DD), not {v!r}")
     try:
         return dt.date.fromisoformat(v)
     except ValueError:
-        raise BadRequest(f"$enrollment: date {v!r} is not a valid date") from None
+        raise BadRequest(f"${op}: date {v!r} is not a valid date") from None
 
 
 async def _read(s: Session, rid: str) -> dict[str, Any]:

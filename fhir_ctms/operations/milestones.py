@@ -42,7 +42,7 @@ from ..interactions.context import Context, FhirRequest, FhirResponse
 from ..resources.json import loads
 from ..search.parse import parse
 from ..storage.repository import Session
-from .enrollment import CSV_FORMATS, _read, _search
+from .enrollment import CSV_FORMATS, _as_of, _read, _search
 
 _OWN = {"date", "state"}
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -120,17 +120,7 @@ def _subtree(children: list[dict[str, Any]], root: str) -> set[str]:
 
 
 def _date(values: list[Any]) -> dt.date:
-    if not values:
-        return dt.datetime.now(dt.timezone.utc).date()
-    if len(values) > 1:
-        raise BadRequest("$milestones: date may be given once")
-    v = values[0]
-    if not isinstance(v, str) or not _DATE.match(v):
-        raise BadRequest(f"$milestones: date must be a full date (YYYY-MM-DD), not {v!r}")
-    try:
-        return dt.date.fromisoformat(v)
-    except ValueError:
-        raise BadRequest(f"$milestones: date {v!r} is not a valid date") from None
+    return _as_of(values, "milestones")
 
 
 def _states(values: list[Any]) -> set[str]:

@@ -1,8 +1,8 @@
 """Query plans and costs of two statements whose cost grows with the database, on the real schema.
 
-- instance history: ``resource_versions`` of one id, newest first (``ORDER BY seq DESC LIMIT n``);
-- the audit chain head: ``SELECT chain_hash FROM audit_chain WHERE partition = ? ORDER BY seq DESC LIMIT 1``
-  (once per write transaction).
+- instance history: ``resource_versions`` of one id, newest first (``ORDER BY version DESC LIMIT n``);
+- the audit chain head: ``SELECT chain_hash, position FROM audit_chain WHERE partition = ?
+  ORDER BY position DESC LIMIT 1`` (once per write transaction).
 
 Makes a SQLite database with the project's migrations (``fhir-ctms db upgrade``), fills it with
 growing numbers of versions and chain links, and prints SQLite's plan and the time per statement.
@@ -28,15 +28,16 @@ from fhir_ctms.storage.migrate import upgrade
 from fhir_ctms.storage.sql import make_engine
 
 HISTORY = ("SELECT res_type, res_id, version, ts_us, deleted, content, method, seq FROM resource_versions "
-           "WHERE partition = ? AND res_type = ? AND res_id = ? ORDER BY seq DESC LIMIT 51")
-HEAD = "SELECT chain_hash FROM audit_chain WHERE partition = ? ORDER BY seq DESC LIMIT 1"
+           "WHERE partition = ? AND res_type = ? AND res_id = ? ORDER BY version DESC LIMIT 51")
+HEAD = "SELECT chain_hash, position FROM audit_chain WHERE partition = ? ORDER BY position DESC LIMIT 1"
 SIZES = (1_000, 10_000, 40_000)
 
 
 def fill(db: sqlite3.Connection, n: int) -> None:
     have = db.execute("SELECT count(*) FROM audit_chain").fetchone()[0]
-    db.executemany("INSERT INTO audit_chain (partition, res_type, res_id, content_hash, prev_hash, chain_hash) "
-                   "VALUES ('default', 'Provenance', ?, 'c', ?, 'h')", [(f"r{i}", f"p{i}") for i in range(have, n)])
+    db.executemany("INSERT INTO audit_chain (partition, position, res_type, res_id, content_hash, prev_hash, "
+                   "chain_hash) VALUES ('default', ?, 'Provenance', ?, 'c', ?, 'h')",
+                   [(i + 1, f"r{i}", f"p{i}") for i in range(have, n)])
     db.executemany("INSERT INTO resource_versions (partition, res_type, res_id, version, ts_us, method, deleted, "
                    "content) VALUES ('default', 'Patient', ?, 1, 0, 'POST', 0, '{}')",
                    [(f"r{i}",) for i in range(have, n)])
@@ -65,8 +66,8 @@ async def postgres(url: str, rows: int) -> None:
     try:
         await conn.execute("DELETE FROM audit_chain; DELETE FROM resource_versions WHERE res_id LIKE 'r%'")
         await conn.executemany(
-            "INSERT INTO audit_chain (partition, res_type, res_id, content_hash, prev_hash, chain_hash) "
-            "VALUES ('default', 'Provenance', $1, 'c', $2, 'h')", [(f"r{i}", f"p{i}") for i in range(rows)])
+            "INSERT INTO audit_chain (partition, position, res_type, res_id, content_hash, prev_hash, chain_hash) "
+            "VALUES ('default', $1, 'Provenance', $2, 'c', $3, 'h')", [(i + 1, f"r{i}", f"p{i}") for i in range(rows)])
         await conn.executemany(
             "INSERT INTO resource_versions (partition, res_type, res_id, version, ts_us, method, deleted, content) "
             "VALUES ('default', 'Patient', $1, 1, 0, 'POST', false, '{}')", [(f"r{i}",) for i in range(rows)])

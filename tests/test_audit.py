@@ -1,13 +1,16 @@
 """Provenance and AuditEvent for every change, in the same transaction; the hash chain."""
 
 import orjson
+import pytest
 from fhir.resources.auditevent import AuditEvent
 from fhir.resources.provenance import Provenance
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from fhir_ctms.audit.chain import verify
 from fhir_ctms.resources.bindings import check_required_bindings
 from fhir_ctms.storage.schema import audit_chain, resource_versions
+from fhir_ctms.storage.sql import make_engine
 
 from .fhir import patient
 
@@ -144,3 +147,53 @@ async def test_the_audit_trail_is_searchable(client):
     at = await found(f"/Provenance?recorded={recorded}")
     assert [p["target"][0]["reference"] for p in at] == [f"Patient/{rid}/_history/2"]
     assert await found(f"/AuditEvent?entity=Patient/{rid}&date=lt2000") == []
+
+
+# -- the chain's positions (migration 0008) -------------------------------------------------------
+
+async def test_chain_positions_follow_each_other_and_cannot_fork(client, repo):
+    for _ in range(2):
+        await client.post("/Patient", json=patient())
+    async with repo.engine.connect() as conn:
+        rows = (await conn.execute(select(audit_chain).order_by(audit_chain.c.seq))).all()
+    assert [r.position for r in rows] == [1, 2, 3, 4]
+    assert [r.prev_hash for r in rows[1:]] == [r.chain_hash for r in rows[:-1]]
+    # a second link claiming the head's predecessor (a fork) is refused by the database itself
+    fork = {c: getattr(rows[-1], c) for c in ("partition", "res_type", "res_id", "content_hash", "prev_hash",
+                                              "chain_hash", "position")}
+    with pytest.raises(IntegrityError):
+        async with repo.engine.begin() as conn:
+            await conn.execute(audit_chain.insert().values(**fork))
+    assert (await verify(repo)).ok
+
+
+def _alembic(sync_conn, action: str, revision: str) -> None:
+    from alembic import command
+
+    from fhir_ctms.storage.migrate import _config
+    getattr(command, action)(_config(sync_conn), revision)
+
+
+async def test_migration_0008_numbers_the_existing_links_in_chain_order(fresh_database_url):
+    engine = make_engine(fresh_database_url())
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_alembic, "downgrade", "0007")
+            # links as 0007 stored them: no position; two partitions, interleaved
+            for n, part in enumerate(["default", "other", "default", "default", "other"]):
+                await conn.execute(text(
+                    "INSERT INTO audit_chain (partition, res_type, res_id, content_hash, prev_hash, chain_hash) "
+                    "VALUES (:p, 'Provenance', :i, 'c', :prev, 'h')"), {"p": part, "i": f"r{n}", "prev": f"p{n}"})
+            await conn.run_sync(_alembic, "upgrade", "head")
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text(
+                "SELECT partition, res_id, position FROM audit_chain ORDER BY seq"))).all()
+        assert [tuple(r) for r in rows] == [("default", "r0", 1), ("other", "r1", 1), ("default", "r2", 2),
+                                            ("default", "r3", 3), ("other", "r4", 2)]
+        with pytest.raises(IntegrityError):  # the position is unique in its partition
+            async with engine.begin() as conn:
+                await conn.execute(text(
+                    "INSERT INTO audit_chain (partition, position, res_type, res_id, content_hash, prev_hash, "
+                    "chain_hash) VALUES ('other', 2, 'Provenance', 'r5', 'c', 'p5', 'h')"))
+    finally:
+        await engine.dispose()

@@ -79,7 +79,7 @@ from ..search.parameters import compartment_params
 from ..search.parse import parse
 from ..search.query import Clause, Has, Include, SearchQuery
 from ..search.valuesets import resolve as resolve_value_sets
-from ..storage.repository import ChainLink, HistoryQuery, IndexRow, Session, Stored
+from ..storage.repository import ChainHead, ChainLink, HistoryQuery, IndexRow, Session, Stored
 from .context import Context, FhirRequest, FhirResponse
 
 if TYPE_CHECKING:
@@ -550,11 +550,11 @@ class GuardedSession(Session):
             before = rows[-1].seq
         return out[:query.count]
 
-    async def chain_head(self) -> str:
+    async def chain_head(self) -> ChainHead:
         return await self.inner.chain_head()
 
     async def append_link(self, link: ChainLink) -> None:
         await self.inner.append_link(link)
 
-    async def links(self, after_seq: int, limit: int) -> list[ChainLink]:
-        return await self.inner.links(after_seq, limit)
+    async def links(self, after_position: int, limit: int) -> list[ChainLink]:
+        return await self.inner.links(after_position, limit)

@@ -83,12 +83,22 @@ class HistoryQuery:
 
 @dataclass(frozen=True, slots=True)
 class ChainLink:
+    """One link of the audit hash chain. ``position``: its place in its partition's chain (1 for
+    the first link, then one more than its predecessor's); ``seq``: the row's insertion number."""
     seq: int
     type: str
     id: str
     content_hash: str
     prev_hash: str
     chain_hash: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The newest link's chain hash and position (``GENESIS`` and 0 for an empty chain)."""
+    hash: str
+    position: int
 
 
 class VersionConflict(Exception):
@@ -141,14 +151,15 @@ class Session(ABC):
     async def history(self, query: HistoryQuery) -> list[Stored]: ...
 
     @abstractmethod
-    async def chain_head(self) -> str:
-        """The chain hash of the newest audit link (write sessions hold the chain to themselves)."""
+    async def chain_head(self) -> ChainHead:
+        """The newest audit link's hash and position (write sessions hold the chain to themselves)."""
 
     @abstractmethod
     async def append_link(self, link: ChainLink) -> None: ...
 
     @abstractmethod
-    async def links(self, after_seq: int, limit: int) -> list[ChainLink]: ...
+    async def links(self, after_position: int, limit: int) -> list[ChainLink]:
+        """The links after ``after_position``, in chain order."""
 
 
 class Repository(ABC):

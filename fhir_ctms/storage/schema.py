@@ -4,7 +4,7 @@
 - ``resource_versions``: every version ever written, append-only, ``seq`` orders them in time;
 - ``search_*``: the search index of current versions, one table per parameter type
   (string, token, reference, date, number, quantity, uri), rows from ``search.extract``;
-- ``audit_chain``: the hash chain over audit records (Provenance, AuditEvent), in ``seq`` order.
+- ``audit_chain``: the hash chain over audit records (Provenance, AuditEvent), in ``position`` order.
 
 Resource JSON is stored as text on SQLite and JSONB on PostgreSQL; the engine's
 JSON (de)serialisers are the identity, so the application always sees JSON text.
@@ -49,7 +49,6 @@ resource_versions = Table(
     UniqueConstraint("partition", "res_type", "res_id", "version", name="uq_resource_versions_key"),
     Index("ix_resource_versions_type_seq", "partition", "res_type", "seq"),
     Index("ix_resource_versions_partition_seq", "partition", "seq"),
-    Index("ix_resource_versions_instance_seq", "partition", "res_type", "res_id", "seq"),
 )
 
 #: byte-order comparison on PostgreSQL whatever the database's locale (prefix searches are ranges)
@@ -102,9 +101,11 @@ audit_chain = Table(
     Column("content_hash", String(64), nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("chain_hash", String(64), nullable=False),
-    # a fork (two records claiming the same predecessor) is impossible, not just detected
-    UniqueConstraint("partition", "prev_hash", name="uq_audit_chain_prev"),
-    Index("ix_audit_chain_partition_seq", "partition", "seq"),
+    # the link's place in the chain: its predecessor's plus one. Unique, so a fork (two records
+    # claiming the same predecessor) is impossible, not just detected; and the index finds the
+    # head and walks the chain in order (migration 0008)
+    Column("position", BigInteger, nullable=False),
+    UniqueConstraint("partition", "position", name="uq_audit_chain_position"),
 )
 
 # -- the SMART authorization server (migration 0006, storage/auth_store.py) --------------------

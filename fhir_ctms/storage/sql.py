@@ -33,7 +33,7 @@ from ..search.query import Include, SearchQuery
 from . import search_sql as plans
 from .search_sql import Builder, Plan, Unsupported, count_sql, include_sql, phases, plan, probes, search_sql
 from .sqlite_inline import InlineConnection, InlineRead, InlineWriter, transient
-from .repository import (GENESIS, INDEX_COLUMNS, ChainLink, HistoryQuery, IndexRow, Repository, Session, Stored,
+from .repository import (GENESIS, INDEX_COLUMNS, ChainHead, ChainLink, HistoryQuery, IndexRow, Repository, Session, Stored,
                          VersionConflict)
 
 
@@ -131,7 +131,7 @@ class SqlSession(Session):
         self.db = driver
         self.partition = partition
         self.pg = driver.pg
-        self._head: str | None = None  # the chain head, once read in this (serialised) write session
+        self._head: ChainHead | None = None  # the chain head, once read in this (serialised) write session
         # Inserts wait here and go to the database in one executemany per table: at the end of
         # the session, or before any read (so a session always reads its own writes).
         self._pending: dict[str, list[tuple[Any, ...]]] = {}
@@ -248,9 +248,15 @@ class SqlSession(Session):
         return [_stored(tuple(row)) for row in await self.db.fetch(f.sql, *f.params)]
 
     async def history(self, query: HistoryQuery) -> list[Stored]:
+        # an instance's versions are in version order (the unique key's index, no index of its
+        # own: migration 0008), the same order as seq; the page cursor is a seq all the same
+        instance = query.id is not None
+        order = "v.version" if instance else "v.seq"
+        after = ("v.version < (SELECT c.version FROM resource_versions c WHERE c.seq = ?)" if instance
+                 else "v.seq < ?")
         where, params = ["v.partition = ?"], [self.partition]
         for clause, value in (("v.res_type = ?", query.type), ("v.res_id = ?", query.id),
-                              ("v.ts_us >= ?", query.since_us), ("v.seq < ?", query.before_seq)):
+                              ("v.ts_us >= ?", query.since_us), (after, query.before_seq)):
             if value is not None:
                 where.append(clause)
                 params.append(value)
@@ -263,7 +269,7 @@ class SqlSession(Session):
             params += [end, start]
         await self.flush()
         sql = (f"SELECT v.res_type, v.res_id, v.version, v.ts_us, v.deleted, v.content, v.method, v.seq "
-               f"FROM resource_versions v WHERE {' AND '.join(where)} ORDER BY v.seq DESC LIMIT ?")
+               f"FROM resource_versions v WHERE {' AND '.join(where)} ORDER BY {order} DESC LIMIT ?")
         return [_stored(row) for row in await self.db.fetch(sql, *params, query.count)]
 
     # -- locks -----------------------------------------------------------------------------
@@ -274,24 +280,26 @@ class SqlSession(Session):
                                     {"k": f"fhir-ctms-writer/{self.partition}"})
 
     # -- audit chain -----------------------------------------------------------------------
-    async def chain_head(self) -> str:
+    async def chain_head(self) -> ChainHead:
         if self._head is None:
             rows = await self.db.fetch(
-                "SELECT chain_hash FROM audit_chain WHERE partition = ? ORDER BY seq DESC LIMIT 1", self.partition)
-            self._head = rows[0][0] if rows else GENESIS
+                "SELECT chain_hash, position FROM audit_chain WHERE partition = ? ORDER BY position DESC LIMIT 1",
+                self.partition)
+            self._head = ChainHead(*rows[0]) if rows else ChainHead(GENESIS, 0)
         return self._head
 
     async def append_link(self, link: ChainLink) -> None:
-        self._queue("INSERT INTO audit_chain (partition, res_type, res_id, content_hash, prev_hash, chain_hash) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (self.partition, link.type, link.id, link.content_hash, link.prev_hash, link.chain_hash))
-        self._head = link.chain_hash
+        self._queue("INSERT INTO audit_chain (partition, position, res_type, res_id, content_hash, prev_hash, "
+                    "chain_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (self.partition, link.position, link.type, link.id, link.content_hash, link.prev_hash,
+                     link.chain_hash))
+        self._head = ChainHead(link.chain_hash, link.position)
 
-    async def links(self, after_seq: int, limit: int) -> list[ChainLink]:
+    async def links(self, after_position: int, limit: int) -> list[ChainLink]:
         await self.flush()
         rows = await self.db.fetch(
-            "SELECT seq, res_type, res_id, content_hash, prev_hash, chain_hash FROM audit_chain "
-            "WHERE partition = ? AND seq > ? ORDER BY seq LIMIT ?", self.partition, after_seq, limit)
+            "SELECT seq, res_type, res_id, content_hash, prev_hash, chain_hash, position FROM audit_chain "
+            "WHERE partition = ? AND position > ? ORDER BY position LIMIT ?", self.partition, after_position, limit)
         return [ChainLink(*row) for row in rows]
 
 

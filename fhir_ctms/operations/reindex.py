@@ -27,11 +27,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import uuid6
-
 from ..audit import chain, records
 from ..errors import BadRequest, Gone, NotFound
 from ..interactions.context import Context, FhirRequest, FhirResponse, instant, now_us
+from ..interactions.persist import new_id
 from ..resources.json import dumps, loads
 from ..resources.registry import RESOURCE_TYPES
 from ..search import parameters
@@ -205,7 +204,7 @@ async def _audit(ctx: Context, path: str, rtype: str | None, rid: str | None, lo
         entity["what"] = {"display": path}
     entity["detail"] = [{"type": {"text": "searchParameters"}, "valueInteger": loaded},
                         {"type": {"text": "resources"}, "valueInteger": count}]
-    rid_ = str(uuid6.uuid7())
+    rid_ = new_id()
     record = {"resourceType": "AuditEvent", "id": rid_,
               "meta": {"versionId": "1", "lastUpdated": instant(ts)},
               **{k: v for k, v in record.items() if k != "resourceType"}}

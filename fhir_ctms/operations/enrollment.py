@@ -27,16 +27,12 @@ import re
 from typing import Any
 
 from ..ctms import enrollment as en
-from ..errors import BadRequest, Gone, NotFound
+from ..ctms import tree
+from ..errors import BadRequest
 from ..interactions.access import require_whole, wrap
 from ..interactions.context import Context, FhirRequest, FhirResponse
-from ..resources.json import loads
-from ..search.parse import parse
-from ..storage.repository import Session
 
 _INPUTS = {"date"}
-_PAGE = 500
-_CHUNK = 50
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 CSV_FORMATS = ("csv", "text/csv")
 
@@ -55,20 +51,15 @@ async def enrollment(req: FhirRequest, ctx: Context, params: list[tuple[str, Any
     require_whole(ctx, ("ResearchStudy", "ResearchSubject"), "enrollment")
     async with ctx.repo.session(write=False) as raw:
         s = wrap(ctx, None, raw)
-        asked = await _read(s, req.id or "")
+        asked = await tree.read_study(s, req.id or "")
         top = asked
         for _ in range(2):  # up to the study: a site is partOf its study (and its country)
             parents = [p for p in (en.ref_id(r) for r in top.get("partOf") or []) if p]
             if en.level_of(top) == "study" or not parents:
                 break
-            above = [await _read(s, p) for p in parents]
+            above = [await tree.read_study(s, p) for p in parents]
             top = next((a for a in above if en.level_of(a) == "study"), above[0])
-        children = await _search(s, "ResearchStudy", "part-of", [top["id"]])
-        countries = [c["id"] for c in children if en.level_of(c) == "country"]
-        if countries:
-            children += await _search(s, "ResearchStudy", "part-of", countries)
-        ids = [top["id"], *{c["id"] for c in children}]
-        subjects = await _search(s, "ResearchSubject", "study", sorted(ids))
+        children, subjects = await tree.study_tree(s, top)
     rep = en.report(top, children, subjects, as_of)
     levels = _subtree(rep.levels, asked["id"])
     if req.param("_format") in CSV_FORMATS:
@@ -90,32 +81,6 @@ def _as_of(values: list[Any], op: str = "enrollment") -> dt.date:
         return dt.date.fromisoformat(v)
     except ValueError:
         raise BadRequest(f"${op}: date {v!r} is not a valid date") from None
-
-
-async def _read(s: Session, rid: str) -> dict[str, Any]:
-    st = await s.current("ResearchStudy", rid)
-    if st is None:
-        raise NotFound(f"ResearchStudy/{rid} does not exist")
-    if st.deleted or st.content is None:
-        raise Gone(f"ResearchStudy/{rid} is deleted")
-    return loads(st.content)
-
-
-async def _search(s: Session, rtype: str, name: str, ids: list[str]) -> list[dict[str, Any]]:
-    """The current resources of ``rtype`` whose reference parameter ``name`` is one of
-    ``ResearchStudy/<ids>`` (a search per chunk of ids, paged)."""
-    out: list[dict[str, Any]] = []
-    for n in range(0, len(ids), _CHUNK):
-        value = ",".join(f"ResearchStudy/{i}" for i in ids[n:n + _CHUNK])
-        q = parse((rtype,), [(name, value)], strict=True)
-        after = None
-        while True:
-            rows = await s.search(q, limit=_PAGE, after=after)
-            out += [loads(st.content) for st, _ in rows if st.content is not None]
-            if len(rows) < _PAGE:
-                break
-            after = rows[-1][1]
-    return out
 
 
 def _subtree(levels: list[en.Level], root: str) -> list[en.Level]:

@@ -35,18 +35,17 @@ from typing import Any
 
 from ..ctms import enrollment as en
 from ..ctms import milestones as ms
+from ..ctms import tree
 from ..ctms.subjects import parse_date
 from ..errors import BadRequest
 from ..interactions.access import require_whole, wrap
 from ..interactions.context import Context, FhirRequest, FhirResponse
-from ..resources.json import loads
 from ..search.parse import parse
 from ..storage.repository import Session
-from .enrollment import CSV_FORMATS, _as_of, _read, _search
+from .enrollment import CSV_FORMATS, _as_of
 
 _OWN = {"date", "state"}
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_PAGE = 500
 _CHUNK = 50
 VISIT_PLAN = "http://fhir-ctms.org/fhir/sid/visit-plan"
 #: search result parameters: they shape a Bundle, which this operation does not return
@@ -78,25 +77,20 @@ async def milestones(req: FhirRequest, ctx: Context, params: list[tuple[str, Any
     async with ctx.repo.session(write=False) as raw:
         s = wrap(ctx, None, raw)
         if instance:
-            asked = await _read(s, req.id or "")
+            asked = await tree.read_study(s, req.id or "")
             top = asked
             for _ in range(2):  # a site's country, a country's study
                 parent = en.ref_id(next(iter(top.get("partOf") or []), None))
                 if en.level_of(top) == "study" or parent is None:
                     break
-                top = await _read(s, parent)
+                top = await tree.read_study(s, parent)
             studies = [top]
         else:
             q = parse(("ResearchStudy",), [*search, ("classifier", f"{LEVEL_SYSTEM}|study")],
                       strict=True)
-            studies = await _all(s, q)
+            studies = await tree.search_all(s, q)
         for top in sorted(studies, key=lambda x: x.get("id", "")):
-            children = await _search(s, "ResearchStudy", "part-of", [top["id"]])
-            countries = [c["id"] for c in children if en.level_of(c) == "country"]
-            if countries:
-                children += await _search(s, "ResearchStudy", "part-of", countries)
-            ids = [top["id"], *{c["id"] for c in children}]
-            subjects = await _search(s, "ResearchSubject", "study", sorted(ids))
+            children, subjects = await tree.study_tree(s, top)
             whose = ms.visit_subjects(top, children, subjects, as_of)
             visits = await _visits(s, whose) if whose is not None else None
             got = ms.milestones(top, children, subjects, as_of, visits=visits)
@@ -143,7 +137,8 @@ async def _visits(s: Session, subjects: list[str]) -> dict[str, list[dt.date]]:
     plans: dict[str, str] = {}
     for n in range(0, len(subjects), _CHUNK):
         value = ",".join(f"{VISIT_PLAN}|{i}" for i in subjects[n:n + _CHUNK])
-        for plan in await _all(s, parse(("CarePlan",), [("identifier", value)], strict=True)):
+        q = parse(("CarePlan",), [("identifier", value)], strict=True)
+        for plan in await tree.search_all(s, q):
             for ident in plan.get("identifier") or []:
                 if ident.get("system") == VISIT_PLAN and ident.get("value") in subjects:
                     plans[plan["id"]] = ident["value"]
@@ -152,24 +147,13 @@ async def _visits(s: Session, subjects: list[str]) -> dict[str, list[dt.date]]:
     for n in range(0, len(ids), _CHUNK):
         value = ",".join(f"CarePlan/{i}" for i in ids[n:n + _CHUNK])
         q = parse(("Encounter",), [("based-on", value), ("status", "completed")], strict=True)
-        for enc in await _all(s, q):
+        for enc in await tree.search_all(s, q):
             day = parse_date((enc.get("actualPeriod") or {}).get("start"))
             for ref in enc.get("basedOn") or []:
                 plan = en.ref_id(ref, "CarePlan")
                 if day is not None and plan in plans:
                     out.setdefault(plans[plan], []).append(day)
     return out
-
-
-async def _all(s: Session, q: Any) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    after = None
-    while True:
-        rows = await s.search(q, limit=_PAGE, after=after)
-        out += [loads(st.content) for st, _ in rows if st.content is not None]
-        if len(rows) < _PAGE:
-            return out
-        after = rows[-1][1]
 
 
 def _row(m: ms.Milestone) -> dict[str, Any]:

@@ -64,6 +64,7 @@ from urllib.parse import urlencode
 
 from ..audit import records
 from ..ctms import payments as pay
+from ..ctms import tree
 from ..errors import BadRequest, Conflict, Gone, MethodNotAllowed, NotFound, Unprocessable
 from ..interactions import table  # a module: table imports the operations (perform looked up at call time)
 from ..interactions.access import require_whole, wrap
@@ -72,12 +73,9 @@ from ..interactions.persist import record_security_event
 from ..interactions import reactions
 from ..interactions.router import entry_request
 from ..resources.json import loads
-from ..search.parse import parse
 from ..storage.repository import Session
 
 _INPUTS = {"site", "start", "end", "persist"}
-_PAGE = 500
-_CHUNK = 50
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 LEVEL = "http://fhir-ctms.org/fhir/CodeSystem/study-level"
 PARTY_ROLE = "http://hl7.org/fhir/research-study-party-role"
@@ -156,10 +154,7 @@ async def _read(ctx: Context, study_id: str, asked: list[str]) -> dict[str, Any]
         if st.deleted:
             raise Gone(f"ResearchStudy/{study_id} is deleted")
         study = loads(st.content)
-        children = await _search(s, "ResearchStudy", "part-of", [f"ResearchStudy/{study_id}"])
-        countries = [c["id"] for c in children if _level(c) == "country"]
-        if countries:
-            children += await _search(s, "ResearchStudy", "part-of", [f"ResearchStudy/{c}" for c in countries])
+        children = await tree.parts(s, study_id, level=_level)
         # a site is part of its study and of its country (profiles/README.md): found twice, counted once
         sites = list({c["id"]: c for c in children if _level(c) == "site"}.values())
         if asked:
@@ -168,7 +163,7 @@ async def _read(ctx: Context, study_id: str, asked: list[str]) -> dict[str, Any]
             if stray:
                 raise Unprocessable(f"$payments: ResearchStudy/{stray[0]} is not a site of ResearchStudy/{study_id}")
             sites = [c for c in sites if c["id"] in set(asked)]
-        subjects = await _search(s, "ResearchSubject", "study", [f"ResearchStudy/{c['id']}" for c in sites])
+        subjects = await tree.subjects(s, [c["id"] for c in sites])
         consent_ids = sorted({pay.ref_id(r, "Consent") or "" for x in subjects
                               for r in (x.get("consent") if isinstance(x.get("consent"), list)
                                         else [x.get("consent")])} - {""})
@@ -176,11 +171,11 @@ async def _read(ctx: Context, study_id: str, asked: list[str]) -> dict[str, Any]
         refs = [f"Patient/{p}" for p in patients]
         data = {
             "study": study, "sites": sites, "subjects": subjects,
-            "consents": await _search(s, "Consent", "_id", consent_ids),
-            "appointments": await _search(s, "Appointment", "subject", refs),
-            "encounters": await _search(s, "Encounter", "subject", refs),
-            "procedures": await _search(s, "Procedure", "subject", refs),
-            "definitions": await _search(s, "ChargeItemDefinition", "status", ["active"]),
+            "consents": await tree.search(s, "Consent", "_id", consent_ids),
+            "appointments": await tree.search(s, "Appointment", "subject", refs),
+            "encounters": await tree.search(s, "Encounter", "subject", refs),
+            "procedures": await tree.search(s, "Procedure", "subject", refs),
+            "definitions": await tree.search(s, "ChargeItemDefinition", "status", ["active"]),
         }
         await _read_state(s, data)
     return data
@@ -190,14 +185,14 @@ async def _read_state(s: Session, data: dict[str, Any]) -> None:
     """What was charged, invoiced and paid (ChargeItems, the sites' Invoices, their
     PaymentNotices, the site Groups) into ``data``: read with the rest, and read again inside
     the write transaction of ``persist=true``, where no other writer can change it."""
-    data["charge_items"] = {c["id"]: c for c in await _search(s, "ChargeItem", "identifier", [f"{pay.EVENT_SYSTEM}|"])}
+    data["charge_items"] = {c["id"]: c for c in await tree.search(s, "ChargeItem", "identifier", [f"{pay.EVENT_SYSTEM}|"])}
     site_ids = {c["id"] for c in data["sites"]}
-    invoices = [i for i in await _search(s, "Invoice", "identifier", [f"{pay.INVOICE_SYSTEM}|"])
+    invoices = [i for i in await tree.search(s, "Invoice", "identifier", [f"{pay.INVOICE_SYSTEM}|"])
                 if _invoice_site(i) in site_ids]
     data["invoices"] = invoices
     issued = [f"Invoice/{i['id']}" for i in invoices if i.get("status") == "issued"]
-    data["notices"] = await _search(s, "PaymentNotice", "request", issued)
-    groups = await _search(s, "Group", "identifier", [f"{pay.SITE_GROUP_SYSTEM}|{i}" for i in sorted(site_ids)])
+    data["notices"] = await tree.search(s, "PaymentNotice", "request", issued)
+    groups = await tree.search(s, "Group", "identifier", [f"{pay.SITE_GROUP_SYSTEM}|{i}" for i in sorted(site_ids)])
     data["groups"] = {_ident(g, pay.SITE_GROUP_SYSTEM): g["id"] for g in groups}
 
 
@@ -220,21 +215,6 @@ def _settled(data: dict[str, Any]) -> list[dict[str, Any]]:
     not is reported as ``invoice-mismatch`` and left as it is)."""
     return [i for i in data["invoices"] if pay.settled(i, data["notices"])
             and not pay.invoice_problems(i, data["charge_items"])]
-
-
-async def _search(s: Session, rtype: str, name: str, values: list[str]) -> list[dict[str, Any]]:
-    """Current resources of ``rtype`` whose parameter ``name`` is one of ``values`` (chunks, paged)."""
-    out: list[dict[str, Any]] = []
-    for n in range(0, len(values), _CHUNK):
-        q = parse((rtype,), [(name, ",".join(v.replace(",", "\\,") for v in values[n:n + _CHUNK]))], strict=True)
-        after = None
-        while True:
-            rows = await s.search(q, limit=_PAGE, after=after)
-            out += [loads(st.content) for st, _ in rows if st.content is not None]
-            if len(rows) < _PAGE:
-                break
-            after = rows[-1][1]
-    return out
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -467,12 +447,12 @@ async def confirm_payment(s: Session, ctx: Context, notice: dict[str, Any]) -> N
         raise Unprocessable(problem)
     if invoice.get("status") != "issued":
         return
-    notices = await _search(s, "PaymentNotice", "request", [f"Invoice/{invoice_id}"])
+    notices = await tree.search(s, "PaymentNotice", "request", [f"Invoice/{invoice_id}"])
     if not pay.settled(invoice, notices):
         return
     cids = sorted({pay.ref_id(li.get("chargeItemReference"), "ChargeItem") or ""
                    for li in invoice.get("lineItem") or [] if isinstance(li, dict)} - {""})
-    charge_items = {c["id"]: c for c in await _search(s, "ChargeItem", "_id", cids)}
+    charge_items = {c["id"]: c for c in await tree.search(s, "ChargeItem", "_id", cids)}
     if pay.invoice_problems(invoice, charge_items):
         return
     await _balance(replace(ctx, reason=f"paid in full: PaymentNotice/{notice.get('id')}", activity=None),

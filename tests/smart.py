@@ -1,5 +1,6 @@
 """Helpers of the SMART tests: registering clients and users, PKCE pairs, client assertions,
-and the login and consent forms posted the way a browser posts them (httpx)."""
+access tokens minted with the server's key ring (no flow), their Authorization headers, and the
+login and consent forms posted the way a browser posts them (httpx)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from html import unescape
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -15,9 +17,13 @@ import httpx
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
+from fhir_ctms.auth.keys import KeyRing
 from fhir_ctms.auth.passwords import hash_secret
 from fhir_ctms.auth.pkce import s256
+from fhir_ctms.auth.tokens import ACCESS_TYP, access_claims, sign
 from fhir_ctms.storage.auth_store import AuthStore, ClientRecord, UserRecord
+
+from .conftest import BASE, empty_tables
 
 REDIRECT = "https://app.example/callback"
 SECRET = "s3cret-of-the-confidential-app"
@@ -47,6 +53,35 @@ async def register(store: AuthStore) -> dict[str, Any]:
     await store.add_user(UserRecord("alice", hash_secret(PASSWORD), "Practitioner/prac-1", ("pat-001", "pat-002"),
                                     now))
     return {"rs": rs, "es": es}
+
+
+async def registered(repo: Any) -> AuthStore:
+    """``repo`` emptied, then :func:`register`'s clients and user added: its auth store."""
+    await empty_tables(repo)
+    store = AuthStore(repo.engine)
+    await register(store)
+    return store
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header of an access token."""
+    return {"Authorization": "Bearer " + token}
+
+
+def minter(store: AuthStore, *, fhir: str = BASE, client_id: str = "secret-app"
+           ) -> Callable[..., Awaitable[dict[str, str]]]:
+    """``mint(scope, *, subject="alice", context=None, roles=())``: the Authorization header of an
+    access token for ``fhir`` signed by the server's key ring (ES384, an hour), as if
+    ``client_id`` had been granted ``scope``, without the authorization flow."""
+    ring = KeyRing(store, "ES384", 3600)
+
+    async def mint(scope: str, *, subject: str = "alice", context: dict[str, Any] | None = None,
+                   roles: tuple[str, ...] = ()) -> dict[str, str]:
+        key, record = await ring.signer()
+        body = access_claims(issuer=fhir, audience=fhir, client_id=client_id, subject=subject,
+                             scope=scope, lifetime=3600, context=context or {}, roles=roles)
+        return bearer(sign(key, record.kid, record.alg, body, ACCESS_TYP))
+    return mint
 
 
 def pkce_pair() -> tuple[str, str]:

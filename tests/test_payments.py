@@ -1193,24 +1193,10 @@ async def test_payment_notice_under_a_token(repo):
     """The balancing is an update of the Invoice under the caller's token: a token that may write
     PaymentNotices but not update Invoices records a part payment, and a paying notice is refused
     (403) whole; with Invoice update it balances the invoice, the token's user its author."""
-    from fhir_ctms.auth.keys import KeyRing
-    from fhir_ctms.auth.tokens import ACCESS_TYP, access_claims, sign
-    from fhir_ctms.storage.auth_store import AuthStore
+    from .conftest import make_client
+    from .smart import minter, registered
 
-    from .conftest import empty_tables, make_client
-    from .smart import register
-
-    await empty_tables(repo)
-    store = AuthStore(repo.engine)
-    await register(store)
-    ring = KeyRing(store, "ES384", 3600)
-    fhir = "http://testserver/fhir"
-
-    async def mint(scope: str) -> dict[str, str]:
-        key, record = await ring.signer()
-        body = access_claims(issuer=fhir, audience=fhir, client_id="secret-app", subject="alice", scope=scope,
-                             lifetime=3600, context={})
-        return {"Authorization": "Bearer " + sign(key, record.kid, record.alg, body, ACCESS_TYP)}
+    mint = minter(await registered(repo))
 
     async with make_client(repo) as open_, make_client(repo, auth_enabled=True) as http:
         await build(open_)
@@ -1236,25 +1222,15 @@ async def test_the_finance_role_runs_payments_and_milestones(repo):
     """The CTMS's own finance role (auth/roles.py) holds what $payments reads and writes: a
     token with exactly its scopes reports, persists and reads milestones; a monitor's reads but
     cannot persist (it may not create ChargeItems), and nothing is written."""
-    from fhir_ctms.auth.keys import KeyRing
     from fhir_ctms.auth.roles import DEFAULT
-    from fhir_ctms.auth.tokens import ACCESS_TYP, access_claims, sign
-    from fhir_ctms.storage.auth_store import AuthStore
 
-    from .conftest import empty_tables, make_client
-    from .smart import register
+    from .conftest import make_client
+    from .smart import minter, registered
 
-    await empty_tables(repo)
-    store = AuthStore(repo.engine)
-    await register(store)
-    ring = KeyRing(store, "ES384", 3600)
-    base = "http://testserver/fhir"
+    mint = minter(await registered(repo))
 
     async def bearer(role: str) -> dict[str, str]:
-        key, record = await ring.signer()
-        body = access_claims(issuer=base, audience=base, client_id="secret-app", subject=role,
-                             scope=" ".join(DEFAULT[role]), lifetime=3600, context={}, roles=(role,))
-        return {"Authorization": "Bearer " + sign(key, record.kid, record.alg, body, ACCESS_TYP)}
+        return await mint(" ".join(DEFAULT[role]), subject=role, roles=(role,))
 
     async with make_client(repo) as open_, make_client(repo, auth_enabled=True) as http:
         await build(open_)

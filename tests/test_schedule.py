@@ -489,24 +489,13 @@ async def test_scopes_are_enforced_on_the_operation_and_on_each_write(repo):
     """$schedule needs read of the ResearchSubject (system/ or user/); each write of its
     transaction needs its own permission (a token that may read everything but write nothing, or
     may not create Appointments, writes nothing); the audit records name the token's user."""
-    from fhir_ctms.auth.keys import KeyRing
-    from fhir_ctms.auth.tokens import ACCESS_TYP, access_claims, sign
-    from fhir_ctms.storage.auth_store import AuthStore
+    from .conftest import make_client
+    from .smart import minter, registered
 
-    from .conftest import empty_tables, make_client
-    from .smart import register
-
-    await empty_tables(repo)
-    store = AuthStore(repo.engine)
-    await register(store)
-    ring = KeyRing(store, "ES384", 3600)
-    base = "http://testserver/fhir"
+    mint = minter(await registered(repo))
 
     async def bearer(scope: str) -> dict[str, str]:
-        key, record = await ring.signer()
-        body = access_claims(issuer=base, audience=base, client_id="secret-app", subject="alice",
-                             scope=scope, lifetime=3600, context={"fhirUser": "Practitioner/prac-1"})
-        return {"Authorization": "Bearer " + sign(key, record.kid, record.alg, body, ACCESS_TYP)}
+        return await mint(scope, context={"fhirUser": "Practitioner/prac-1"})
 
     async with make_client(repo) as open_, make_client(repo, auth_enabled=True) as http:
         await build(open_)

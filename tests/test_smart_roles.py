@@ -27,8 +27,9 @@ from fhir_ctms.storage.auth_store import AuthStore, UserRecord
 from fhir_ctms.storage.migrate import upgrade
 from fhir_ctms.storage.sql import make_engine
 
-from .conftest import _pg_admin_url, empty_tables, make_client
-from .smart import PASSWORD, REDIRECT, SECRET, authorize_params, hidden, pkce_pair, query, register
+from .conftest import _pg_admin_url, make_client
+from .smart import (PASSWORD, REDIRECT, SECRET, authorize_params, bearer, hidden, pkce_pair, query,
+                    registered)
 
 FHIR = "http://testserver/fhir"
 AUTH = "http://testserver/auth"
@@ -123,9 +124,7 @@ DATA = [
 
 @pytest_asyncio.fixture
 async def smart(repo):
-    await empty_tables(repo)
-    store = AuthStore(repo.engine)
-    await register(store)
+    store = await registered(repo)
     now = int(time.time())
     for name, roles in (("mona", ("monitor",)), ("fin", ("finance",)), ("audrey", ("auditor",)),
                         ("nobody", ()), ("multi", ("finance", "monitor"))):
@@ -175,10 +174,6 @@ async def token_for(http: httpx.AsyncClient, username: str, scope: str) -> dict:
     return r.json()
 
 
-def bearer(body: dict) -> dict[str, str]:
-    return {"Authorization": "Bearer " + body["access_token"]}
-
-
 async def test_a_monitor_gets_the_monitor_scopes_and_the_api_enforces_them(smart):
     http, store = smart
     code, verifier, consent = await authorize(http, "mona", "openid fhirUser user/*.cruds")
@@ -192,7 +187,7 @@ async def test_a_monitor_gets_the_monitor_scopes_and_the_api_enforces_them(smart
     ring = KeyRing(store, "ES384", 3600)
     claims = jwt.decode(body["access_token"], await ring.verifier(), algorithms=["ES384"]).claims
     assert claims["roles"] == ["monitor"] and claims["scope"] == body["scope"]
-    h = bearer(body)
+    h = bearer(body["access_token"])
     assert (await http.get("/ResearchStudy/acme-101", headers=h)).status_code == 200
     assert (await http.get("/Patient/pat-001", headers=h)).status_code == 200
     finding = {"resourceType": "DetectedIssue", "status": "final"}
@@ -218,11 +213,11 @@ async def test_a_monitor_gets_the_monitor_scopes_and_the_api_enforces_them(smart
 
 async def test_finance_and_auditor_and_several_roles(smart):
     http, _ = smart
-    fin = bearer(await token_for(http, "fin", "user/*.cruds"))
+    fin = bearer((await token_for(http, "fin", "user/*.cruds"))["access_token"])
     assert (await http.post("/Invoice", json={"resourceType": "Invoice", "status": "draft"}, headers=fin)).status_code == 201
     assert (await http.get("/ResearchStudy/acme-101", headers=fin)).status_code == 200
     assert (await http.get("/Patient/pat-001", headers=fin)).status_code == 403
-    audit = bearer(await token_for(http, "audrey", "user/*.cruds"))
+    audit = bearer((await token_for(http, "audrey", "user/*.cruds"))["access_token"])
     found = await http.get("/AuditEvent?_count=5", headers=audit)
     assert found.status_code == 200 and found.json()["entry"]
     assert (await http.get("/Provenance?_count=5", headers=audit)).status_code == 200
@@ -269,7 +264,7 @@ async def test_roles_are_applied_again_at_code_exchange_and_refresh(smart):
     assert "user/DetectedIssue.rs" in granted and "user/ResearchStudy.rs" in granted
     assert not any(s.startswith("user/") and "c" in s.split(".")[1] for s in granted)
     assert "user/*.rs" not in granted  # a refresh never widens the original grant
-    h = bearer(second.json())
+    h = bearer(second.json()["access_token"])
     assert (await http.post("/DetectedIssue", json={"resourceType": "DetectedIssue", "status": "final"},
                             headers=h)).status_code == 403
     # no role left: the refresh is refused (and the refresh token stays usable once roles come back)

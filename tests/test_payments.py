@@ -370,6 +370,10 @@ async def test_errors(client):
     # nothing was written by any of these
     assert (await client.get("/ChargeItem")).json().get("total", 0) == 0
     assert (await client.get("/Invoice")).json().get("total", 0) == 0
+    # a deleted study is gone, not unknown (R5 http.html#delete: 410 for a deleted resource)
+    assert (await client.delete("/ResearchStudy/pay-study")).status_code in (200, 204)
+    r = await client.get("/ResearchStudy/pay-study/$payments")
+    assert r.status_code == 410 and outcome_codes(r) == ["deleted"], r.text
     r = await client.get("/Invoice/nope/$payment-file")
     assert r.status_code == 404
 

@@ -65,7 +65,7 @@ from urllib.parse import urlencode
 from ..audit import records
 from ..ctms import payments as pay
 from ..ctms import tree
-from ..errors import BadRequest, Conflict, Gone, MethodNotAllowed, NotFound, Unprocessable
+from ..errors import BadRequest, Conflict, MethodNotAllowed, Unprocessable
 from ..interactions import table  # a module: table imports the operations (perform looked up at call time)
 from ..interactions.access import require_whole, wrap
 from ..interactions.context import Context, FhirRequest, FhirResponse, etag, instant, now_us
@@ -148,12 +148,7 @@ def _site_id(value: Any) -> str:
 async def _read(ctx: Context, study_id: str, asked: list[str]) -> dict[str, Any]:
     async with ctx.repo.session(write=False) as raw:
         s = wrap(ctx, None, raw)
-        st = await s.current("ResearchStudy", study_id)
-        if st is None or st.content is None:
-            raise NotFound(f"ResearchStudy/{study_id} does not exist")
-        if st.deleted:
-            raise Gone(f"ResearchStudy/{study_id} is deleted")
-        study = loads(st.content)
+        study = await tree.read_study(s, study_id)  # 404, or 410 once deleted
         children = await tree.parts(s, study_id, level=_level)
         # a site is part of its study and of its country (profiles/README.md): found twice, counted once
         sites = list({c["id"]: c for c in children if _level(c) == "site"}.values())

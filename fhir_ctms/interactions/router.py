@@ -16,6 +16,7 @@ so a new operation needs no route of its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import BadRequest, MethodNotAllowed, NotFound
@@ -74,8 +75,12 @@ _BY_LENGTH: dict[int, tuple[Route, ...]] = {}
 for _route in ROUTES:
     _BY_LENGTH[len(_route.shape)] = _BY_LENGTH.get(len(_route.shape), ()) + (_route,)
 
+_PLACEHOLDERS = (TYPE, ID, VID, COMPARTMENT, OP)
+#: every literal segment of a shape (``metadata``, ``_history``, ``_search``)
+_LITERALS = frozenset(seg for r in ROUTES for seg in r.shape if seg not in _PLACEHOLDERS)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)  # not frozen: built for every request (see FhirRequest)
 class Match:
     route: Route
     interaction: str
@@ -86,7 +91,7 @@ class Match:
     operation: str | None = None  #: the operation's name without the ``$``
 
 
-def _fits(shape: tuple[str, ...], segments: list[str]) -> bool:
+def _fits(shape: tuple[str, ...], segments: tuple[str, ...]) -> bool:
     for want, got in zip(shape, segments):
         if want == OP:
             if len(got) < 2 or got[0] != "$":
@@ -99,20 +104,40 @@ def _fits(shape: tuple[str, ...], segments: list[str]) -> bool:
     return True
 
 
+def _kind(segment: str) -> str:
+    """What of a segment decides which shapes it fits: the literal it is, ``$`` (an operation's
+    name), ``*`` (anything else, fits a placeholder) or empty."""
+    if segment in _LITERALS or not segment:
+        return segment
+    return "$" if segment[0] == "$" and len(segment) > 1 else "*"
+
+
+@lru_cache(maxsize=512)
+def _shape_of(kinds: tuple[str, ...]) -> tuple[Route, tuple[int, ...]] | None:
+    """The first route (most specific first) whose shape a path of these kinds fits, with the
+    positions of its TYPE, ID, VID, COMPARTMENT and OP placeholders (-1: absent). A path's
+    kinds decide its route, so each combination is matched once and then looked up."""
+    example = tuple("$x" if k == "$" else "x" if k == "*" else k for k in kinds)
+    for candidate in _BY_LENGTH.get(len(kinds), ()):
+        if _fits(candidate.shape, example):
+            shape = candidate.shape
+            return candidate, tuple(shape.index(p) if p in shape else -1 for p in _PLACEHOLDERS)
+    return None
+
+
 def route(method: str, segments: list[str]) -> Match:
     """The interaction a method and path (split on ``/``, below the base) name; 404 or 405."""
-    for candidate in _BY_LENGTH.get(len(segments), ()):
-        if not _fits(candidate.shape, segments):
-            continue
-        interaction = candidate.methods.get("GET" if method == "HEAD" else method)
-        if interaction is None:
-            raise MethodNotAllowed(f"{method} is not allowed here; allowed: {candidate.allow()}",
-                                   headers={"Allow": candidate.allow()})
-        values = dict(zip(candidate.shape, segments))
-        op = values.get(OP)
-        return Match(candidate, interaction, values.get(TYPE), values.get(ID), values.get(VID),
-                     values.get(COMPARTMENT), op[1:] if op else None)
-    raise NotFound("No such endpoint")
+    found = _shape_of(tuple(map(_kind, segments)))
+    if found is None:
+        raise NotFound("No such endpoint")
+    candidate, (t, i, v, c, o) = found
+    interaction = candidate.methods.get("GET" if method == "HEAD" else method)
+    if interaction is None:
+        raise MethodNotAllowed(f"{method} is not allowed here; allowed: {candidate.allow()}",
+                               headers={"Allow": candidate.allow()})
+    return Match(candidate, interaction, segments[t] if t >= 0 else None, segments[i] if i >= 0 else None,
+                 segments[v] if v >= 0 else None, segments[c] if c >= 0 else None,
+                 segments[o][1:] if o >= 0 else None)
 
 
 _ENTRY_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}

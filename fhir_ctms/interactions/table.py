@@ -70,25 +70,21 @@ async def perform(req: FhirRequest, ctx: Context, s: Session | None = None) -> F
     (``interactions/access.py``): 403 when the token's scopes do not grant it, and a session
     that lets through only what they cover; what it writes is checked before the transaction
     ends. A 403 is noted on ``ctx`` (``access.note_denial``) for the audit trail."""
+    spec = INTERACTIONS[req.interaction]
     try:
-        return await _perform(req, ctx, s)
+        guard = access.guard(req, ctx)
+        if spec.level == "operation" and s is None:
+            await access.check_operation_target(req, ctx)  # the instance it reads: one the token may read
+        if s is not None or spec.level == "operation":
+            if guard is None or s is None:
+                return await spec.handler(req, ctx, s)
+            return await guard.run(spec.handler, req, ctx, s)
+        if spec.prepare is not None:
+            req = spec.prepare(req, ctx.settings)
+        async with ctx.repo.session(write=spec.writes) as own:
+            if guard is None:
+                return await spec.handler(req, ctx, own)
+            return await guard.run(spec.handler, req, ctx, own)
     except Forbidden as exc:  # audited by the HTTP layer, after this request's sessions end
         access.note_denial(ctx, req, exc)
         raise
-
-
-async def _perform(req: FhirRequest, ctx: Context, s: Session | None) -> FhirResponse:
-    spec = INTERACTIONS[req.interaction]
-    guard = access.guard(req, ctx)
-    if spec.level == "operation" and s is None:
-        await access.check_operation_target(req, ctx)  # the instance it reads: one the token may read
-    if s is not None or spec.level == "operation":
-        if guard is None or s is None:
-            return await spec.handler(req, ctx, s)
-        return await guard.run(spec.handler, req, ctx, s)
-    if spec.prepare is not None:
-        req = spec.prepare(req, ctx.settings)
-    async with ctx.repo.session(write=spec.writes) as own:
-        if guard is None:
-            return await spec.handler(req, ctx, own)
-        return await guard.run(spec.handler, req, ctx, own)

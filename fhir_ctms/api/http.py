@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -30,8 +31,6 @@ from .negotiation import CSV, FHIR_JSON
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 _WRITES = {name for name, spec in INTERACTIONS.items() if spec.writes}
-#: the request headers interactions read (FhirRequest.headers)
-_HEADERS = ("if-match", "if-none-match", "if-none-exist", "if-modified-since", "prefer", "x-reason")
 
 
 class ClientGone(Exception):
@@ -58,10 +57,13 @@ class Incoming:
 
 
 def incoming(scope: dict[str, Any], prefix: str, settings: Settings) -> Incoming:
-    headers: dict[str, str] = {}
-    for raw_name, raw_value in scope["headers"]:
-        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    raw = scope["headers"]
+    headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
+    if len(headers) < len(raw):  # a repeated header: its values joined, in order
+        headers = {}
+        for raw_name, raw_value in raw:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
     query = scope.get("query_string", b"").decode("latin-1")
     client = scope.get("client")
     return Incoming(
@@ -82,7 +84,12 @@ def _base_url(scope: dict[str, Any], headers: dict[str, str], prefix: str, setti
     if host is None:
         server = scope.get("server")
         host = f"{server[0]}:{server[1]}" if server else "localhost"
-    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}{prefix}"
+    return _joined(scope.get("scheme", "http"), host, scope.get("root_path", ""), prefix)
+
+
+@lru_cache(maxsize=256)  # a server sees few hosts: one string for all the requests to each
+def _joined(scheme: str, host: str, root_path: str, prefix: str) -> str:
+    return f"{scheme}://{host}{root_path}{prefix}"
 
 
 async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
@@ -130,7 +137,7 @@ def actor(inc: Incoming, grant: AccessGrant | None) -> Actor:
     on it, the token's subject as display) and client, from the network address; anonymous
     without a token. A backend service (no user) is its client."""
     if grant is None:
-        return Actor(address=inc.client)
+        return _anonymous(inc.client)
     reference = grant.fhir_user
     if reference and reference.startswith(inc.base + "/"):
         reference = reference[len(inc.base) + 1:]
@@ -138,12 +145,16 @@ def actor(inc: Incoming, grant: AccessGrant | None) -> Actor:
                  client=grant.client_id or None, roles=tuple(grant.roles))
 
 
+@lru_cache(maxsize=1024)  # an Actor is immutable: one per client address, not one per request
+def _anonymous(address: str | None) -> Actor:
+    return Actor(address=address)
+
+
 def fhir_request(inc: Incoming, match: Match, body: bytes = b"",
                  params: tuple[tuple[str, str], ...] | None = None) -> FhirRequest:
-    headers = {h: v for h in _HEADERS if (v := inc.headers.get(h)) is not None}
     return FhirRequest(method="GET" if inc.method == "HEAD" else inc.method, type=match.type, id=match.id,
                        vid=match.vid, compartment=match.compartment, params=inc.params if params is None else params, query=inc.query,
-                       headers=headers, body=body, interaction=match.interaction, operation=match.operation)
+                       headers=inc.headers, body=body, interaction=match.interaction, operation=match.operation)
 
 
 @dataclass(slots=True)
@@ -153,13 +164,27 @@ class Outgoing:
     body: bytes
 
 
-def outgoing(status: int, headers: dict[str, str], body: bytes | None, media: str | None) -> Outgoing:
-    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+def outgoing(status: int, headers: dict[str, str], body: bytes | None, media: str | None,
+             raw: list[tuple[bytes, bytes]] | None = None) -> Outgoing:
+    """The response: ``headers`` encoded after ``raw`` (headers given encoded already)."""
+    raw = raw or []
+    for k, v in headers.items():
+        raw.append((k.lower().encode("latin-1"), v.encode("latin-1")))
     if body is not None and media is not None:
-        raw.append((b"content-type", f"{media}; charset=utf-8".encode("latin-1")))
+        raw.append((b"content-type", _content_type(media)))
     if status not in (204, 304):  # RFC 9110 8.6: neither carries a body, nor its length
-        raw.append((b"content-length", str(len(body or b"")).encode("latin-1")))
+        raw.append((b"content-length", b"%d" % len(body or b"")))
     return Outgoing(status, raw, body or b"")
+
+
+@lru_cache(maxsize=16)
+def _content_type(media: str) -> bytes:
+    return f"{media}; charset=utf-8".encode("latin-1")
+
+
+@lru_cache(maxsize=4096)  # reads see the same seconds again and again
+def _last_modified(ts_s: int) -> bytes:
+    return http_date(ts_s * 1_000_000).encode("latin-1")
 
 
 def _serialise(value: object, pretty: bool) -> bytes:
@@ -170,21 +195,24 @@ def _serialise(value: object, pretty: bool) -> bytes:
 
 def render(inc: Incoming, req: FhirRequest, res: FhirResponse, media: str) -> Outgoing:
     """An interaction's result as an HTTP response: headers, Prefer, _format and _pretty."""
-    if res.headers.get("Content-Type", "").startswith(CSV):  # an operation's CSV form, as it is
-        return outgoing(res.status, {k: v for k, v in res.headers.items() if k != "Content-Type"},
-                        (res.raw or "").encode(), CSV)
+    headers = res.headers
+    if headers:
+        given = headers.get("Content-Type", "")
+        if given.startswith(CSV):  # an operation's CSV form, as it is
+            return outgoing(res.status, {k: v for k, v in headers.items() if k != "Content-Type"},
+                            (res.raw or "").encode(), CSV)
+        if given == "application/json":  # an operation's non-FHIR JSON ($registry-export)
+            media, headers = "application/json", {k: v for k, v in headers.items() if k != "Content-Type"}
     if media == CSV:  # _format=csv of an operation without a CSV form: FHIR JSON
         media = FHIR_JSON
-    if res.headers.get("Content-Type") == "application/json":  # an operation's non-FHIR JSON ($registry-export)
-        media, res.headers = "application/json", {k: v for k, v in res.headers.items() if k != "Content-Type"}
-    pretty = inc.param("_pretty") == "true"
-    headers = dict(res.headers)
+    pretty = inc.params != () and inc.param("_pretty") == "true"
+    raw: list[tuple[bytes, bytes]] = []
     st = res.stored
     if st is not None:
-        headers["ETag"] = etag(st.version)
-        headers["Last-Modified"] = http_date(st.ts_us)
+        raw.append((b"etag", b'W/"%d"' % st.version))
+        raw.append((b"last-modified", _last_modified(st.ts_us // 1_000_000)))
         if req.method in ("POST", "PUT", "PATCH") and not st.deleted and res.status in (200, 201):
-            headers["Location"] = f"{inc.base}/{st.type}/{st.id}/_history/{st.version}"
+            raw.append((b"location", f"{inc.base}/{st.type}/{st.id}/_history/{st.version}".encode("latin-1")))
     status = res.status
     body: bytes | None = None
     if status == 304:
@@ -202,7 +230,7 @@ def render(inc: Incoming, req: FhirRequest, res: FhirResponse, media: str) -> Ou
             body = _body(res, pretty)
     else:
         body = _body(res, pretty)
-    return outgoing(status, headers, body, media)
+    return outgoing(status, headers, body, media, raw)
 
 
 def _body(res: FhirResponse, pretty: bool) -> bytes | None:

@@ -33,7 +33,7 @@ def _check_version(params: dict[str, str], error: type) -> None:
 
 
 @lru_cache(maxsize=256)  # a pure function of three strings, which a client repeats on every request
-def response_type(format_param: str | None, accept: str | None, *, csv: bool = False) -> str:
+def response_type(format_param: str | None, accept: str | None, csv: bool = False) -> str:
     """The media type of the response, or 406 when the client accepts nothing we serve.
     ``csv``: ``_format=csv`` (or ``text/csv``) is accepted (operations)."""
     if format_param is not None:

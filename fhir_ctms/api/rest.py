@@ -136,7 +136,7 @@ class FhirRest:
             except (Unauthorized, BadRequest) as exc:  # BadRequest: a malformed Authorization header
                 await self._audit_failed_authentication(inc, exc)
                 raise
-        media = response_type(inc.param("_format"), inc.headers.get("accept"), csv=match.interaction == "operation")
+        media = response_type(inc.param("_format"), inc.headers.get("accept"), match.interaction == "operation")
         body, params = b"", None
         kind = match.route.bodies.get(inc.method)
         if kind is not None:

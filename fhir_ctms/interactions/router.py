@@ -127,7 +127,8 @@ def _shape_of(kinds: tuple[str, ...]) -> tuple[Route, tuple[int, ...]] | None:
 
 def route(method: str, segments: list[str]) -> Match:
     """The interaction a method and path (split on ``/``, below the base) name; 404 or 405."""
-    found = _shape_of(tuple(map(_kind, segments)))
+    found = _shape_of(tuple([s if s in _LITERALS or not s else "$" if s[0] == "$" and len(s) > 1 else "*"
+                             for s in segments]))  # _kind of each, inline (a call per segment costs more)
     if found is None:
         raise NotFound("No such endpoint")
     candidate, (t, i, v, c, o) = found

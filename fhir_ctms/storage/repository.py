@@ -22,9 +22,11 @@ from ..search.query import Include, SearchQuery
 GENESIS = "0" * 64
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Stored:
-    """One stored version. ``content`` is the JSON text exactly as stored (None when deleted)."""
+    """One stored version. ``content`` is the JSON text exactly as stored (None when deleted).
+    Treated as immutable, but not declared ``frozen``: one is built for every row read, and a
+    frozen dataclass sets each field through ``object.__setattr__`` (see ``FhirRequest``)."""
 
     type: str
     id: str

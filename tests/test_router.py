@@ -71,3 +71,16 @@ def test_examples(method: str, path: str, expected: object) -> None:
         interaction, values = expected  # type: ignore[misc]
         assert got[0] == interaction
         assert {k: v for k, v in got[1].items() if v is not None} == values
+
+
+def test_prepared_with_copies_every_field() -> None:
+    """FhirRequest.prepared_with is dataclasses.replace written out (for speed): it must carry
+    every field, including any added later."""
+    from dataclasses import fields, replace
+
+    from fhir_ctms.interactions.context import FhirRequest
+
+    values = {f.name: f"value-{f.name}" for f in fields(FhirRequest)}
+    req = FhirRequest(**values)
+    resource = {"resourceType": "Patient"}
+    assert req.prepared_with(resource) == replace(req, resource=resource, prepared=True)

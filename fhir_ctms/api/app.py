@@ -66,8 +66,10 @@ class Server:
 
 
 def _is_rest(path: str) -> bool:
-    return (path.startswith(PREFIX) and (len(path) == len(PREFIX) or path[len(PREFIX)] == "/")
-            and not path.startswith(WELL_KNOWN))
+    return path.startswith(_UNDER) and not path.startswith(WELL_KNOWN) or path == PREFIX
+
+
+_UNDER = PREFIX + "/"
 
 
 def create_app(settings: Settings | None = None, repo: Repository | None = None,

@@ -7,7 +7,6 @@ matches fail with 412.
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 from ..resources.validate import validate_resource
 from ..storage.repository import Session
@@ -24,7 +23,7 @@ def prepare(req: FhirRequest, settings: Settings) -> FhirRequest:
     resource = body_resource(req, rtype)
     resource.pop("id", None)
     validate_resource(resource, settings)
-    return replace(req, resource=resource, prepared=True)
+    return req.prepared_with(resource)
 
 
 async def create(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:

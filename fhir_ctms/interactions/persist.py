@@ -47,10 +47,12 @@ def _stamp(resource: dict[str, Any], rid: str, version: int, ts_us: int) -> str:
     meta = dict(meta) if isinstance(meta, dict) else {}
     meta["versionId"] = str(version)
     meta["lastUpdated"] = instant(ts_us)
-    head = {"resourceType": resource["resourceType"], "id": rid, "meta": meta}
-    rest = {k: v for k, v in resource.items() if k not in head}
+    rest = resource.copy()
+    rtype = rest.pop("resourceType")
+    rest.pop("id", None)
+    rest.pop("meta", None)
     resource.clear()
-    resource.update(head)
+    resource["resourceType"], resource["id"], resource["meta"] = rtype, rid, meta
     resource.update(rest)
     return dumps(resource).decode()
 
@@ -119,23 +121,22 @@ async def record_security_event(repo: Repository | None, record: dict[str, Any],
 _ID, _VID, _TS = "x-audit-target", "0", 0
 
 
+_TARGET, _TIME = 1, 2  # what a template row takes from the change (0: nothing)
+
+
 @lru_cache(maxsize=256)
 def _audit_template(build: Callable[..., dict[str, Any]], rtype: str, interaction: str, actor: records.Actor,
-                    why: str, source: str, activity: str | None = None) -> tuple[IndexRow, ...]:
+                    why: str, source: str, activity: str | None = None) -> tuple[tuple[IndexRow, int], ...]:
     record = build(f"{rtype}/{_ID}/_history/{_VID}", interaction, instant(_TS), actor, why, source, activity)
-    return tuple(index_rows(record))
+    return tuple((row, _TARGET if row.kind == "reference" and row.values == (rtype, _ID, _VID) else
+                  _TIME if row.kind == "date" and row.values == (_TS, _TS + 1) else 0)  # an instant: [ts, ts + 1 us)
+                 for row in index_rows(record))
 
 
 def audit_index_rows(build: Callable[..., dict[str, Any]], target: tuple[str, str, str], interaction: str,
                      ts: int, actor: records.Actor, why: str, source: str,
                      activity: str | None = None) -> list[IndexRow]:
     """The index rows of ``build(target, interaction, instant(ts), actor, why, source, activity)``."""
-    rtype, rid, version = target
-    out = []
-    for row in _audit_template(build, rtype, interaction, actor, why, source, activity):
-        if row.kind == "reference" and row.values == (rtype, _ID, _VID):
-            row = IndexRow("reference", row.param, (rtype, rid, version))
-        elif row.kind == "date" and row.values == (_TS, _TS + 1):  # an instant: [ts, ts + 1 us)
-            row = IndexRow("date", row.param, (ts, ts + 1))
-        out.append(row)
-    return out
+    return [row if fill == 0 else IndexRow("reference", row.param, target) if fill == _TARGET
+            else IndexRow("date", row.param, (ts, ts + 1))
+            for row, fill in _audit_template(build, target[0], interaction, actor, why, source, activity)]

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from ..config import Settings
@@ -57,7 +56,7 @@ def prepare(req: FhirRequest, settings: Settings) -> FhirRequest:
     if resource.get("id") != rid:
         raise BadRequest(f"The resource id {resource.get('id')!r} does not match the URL's id {rid!r}")
     validate_resource(resource, settings)
-    return replace(req, resource=resource, prepared=True)
+    return req.prepared_with(resource)
 
 
 async def update(req: FhirRequest, ctx: Context, s: Session) -> FhirResponse:

@@ -172,6 +172,10 @@ def _check_codeable_concept(
         )
 
 
+def _expression(base: str, key: str, index: int | None) -> str:
+    return f"{base}.{key}" if index is None else f"{base}.{key}[{index}]"
+
+
 def _walk(defs: _Definitions, resource: dict, issues: list[BindingIssue]) -> None:
     types = defs.types
     resource_types = defs.resource_types
@@ -191,19 +195,17 @@ def _walk(defs: _Definitions, resource: dict, issues: list[BindingIssue]) -> Non
             if spec is None:
                 continue
             kind, child_type, vs = spec
-            if isinstance(value, list):
-                items = [(f"{base}.{key}[{i}]", v) for i, v in enumerate(value)]
-            else:
-                items = [(f"{base}.{key}", value)]
-            for path, item in items:
+            # an item's expression is formatted only when needed (an issue, or a child's base)
+            for i, item in enumerate(value) if isinstance(value, list) else ((None, value),):
                 if kind == _PRIMITIVE:
                     if isinstance(item, str) and item not in vs.codes:  # type: ignore[union-attr]
                         issues.append(
-                            BindingIssue(path, _not_in(item, vs))  # type: ignore[arg-type]
+                            BindingIssue(_expression(base, key, i), _not_in(item, vs))  # type: ignore[arg-type]
                         )
                     continue
                 if not isinstance(item, dict):
                     continue
+                path = _expression(base, key, i)
                 if kind == _RESOURCE:
                     rt = item.get("resourceType")
                     if isinstance(rt, str) and rt in resource_types:

@@ -196,8 +196,13 @@ class SqlSession(Session):
                 for kind in INDEX_COLUMNS:
                     await self.db.fetch(f"DELETE FROM search_{kind} WHERE partition = ? AND res_type = ? "
                                         "AND res_id = ?", self.partition, rtype, rid)
-        for row in rows:
-            self._queue(_INDEX_INSERT[row.kind], (self.partition, rtype, rid, row.param, *row.values))
+        pending, partition = self._pending, self.partition
+        for kind, param, values in rows:  # (self._queue, inline: ~40 rows a create)
+            sql = _INDEX_INSERT[kind]
+            batch = pending.get(sql)
+            if batch is None:
+                batch = pending[sql] = []
+            batch.append((partition, rtype, rid, param, *values))
 
     async def search(self, query: SearchQuery, *, limit: int, after: Sequence[Any] | None = None,
                      backwards: bool = False) -> list[tuple[Stored, tuple[Any, ...]]]:

@@ -18,7 +18,8 @@ negotiation, no ETag, no error boundary. The driver stack is chosen by
   ``BENCH_FLOOR_POOL`` autocommit connections, one ``execute_fetchall`` per request)
   or asyncpg (``asyncpg.create_pool``, one ``fetchval`` per request);
 - ``sqlite3`` (SQLite only): the synchronous sqlite3 module on the event loop thread, one
-  connection, as the server's SQLite read sessions run since commit 71f9a35.
+  connection, as the server's SQLite read sessions run since commit 71f9a35 (with the same
+  ``PRAGMA mmap_size``, ``storage/sqlite_inline.MMAP_BYTES``).
 
 Serve it exactly like the server::
 
@@ -91,7 +92,10 @@ async def _sqlite3_inline(url: str, partition: str) -> tuple[Fetch, Callable[[],
 
     from sqlalchemy.engine import make_url
 
+    from fhir_ctms.storage.sqlite_inline import MMAP_BYTES
+
     conn = sqlite3.connect(make_url(url).database, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")  # as the server's inline connections
     conn.execute("PRAGMA busy_timeout=5000")
     conn.execute("PRAGMA query_only=1")
     sql = "SELECT content FROM resources WHERE partition = ? AND res_type = ? AND res_id = ?"

@@ -7,6 +7,7 @@
 # Knobs (environment): BENCH_DATABASES=sqlite,postgresql BENCH_DURATION=5 BENCH_RUNS=5
 #   BENCH_WARMUP=2 BENCH_CONNECTIONS=32 BENCH_THREADS=1 BENCH_POOL_SIZE=1000
 #   BENCH_HISTORY_VERSIONS=10 BENCH_SCENARIOS=<comma list> BENCH_ACCESS_LOG=0 BENCH_DB_CPU=<cpus>
+#   BENCH_PAIRS=20 (read and its floor in paired 1-s bursts, after the rounds)
 # Profiling instead of measuring: bench/run-all.sh --profile (installs py-spy into the venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -209,7 +209,7 @@ def render(inc: Incoming, req: FhirRequest, res: FhirResponse, media: str) -> Ou
     raw: list[tuple[bytes, bytes]] = []
     st = res.stored
     if st is not None:
-        raw.append((b"etag", b'W/"%d"' % st.version))
+        raw.append((b"etag", etag(st.version).encode("latin-1")))
         raw.append((b"last-modified", _last_modified(st.ts_us // 1_000_000)))
         if req.method in ("POST", "PUT", "PATCH") and not st.deleted and res.status in (200, 201):
             raw.append((b"location", f"{inc.base}/{st.type}/{st.id}/_history/{st.version}".encode("latin-1")))

@@ -512,7 +512,7 @@ def paired_bursts(db: str, scenarios: list[Scenario], servers: dict[str, Server]
     if PAIRS <= 0 or "read" not in by_name or floor not in by_name:
         return {}
     ratios_ = []
-    for n in range(PAIRS):
+    for _ in range(PAIRS):
         f = wrk(servers[by_name[floor].server].base, by_name[floor], 1, body_file, servers[by_name[floor].server])
         r = wrk(servers["app"].base, by_name["read"], 1, body_file, servers["app"])
         ratios_.append(r["rps"] / f["rps"])

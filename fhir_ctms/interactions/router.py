@@ -104,14 +104,6 @@ def _fits(shape: tuple[str, ...], segments: tuple[str, ...]) -> bool:
     return True
 
 
-def _kind(segment: str) -> str:
-    """What of a segment decides which shapes it fits: the literal it is, ``$`` (an operation's
-    name), ``*`` (anything else, fits a placeholder) or empty."""
-    if segment in _LITERALS or not segment:
-        return segment
-    return "$" if segment[0] == "$" and len(segment) > 1 else "*"
-
-
 @lru_cache(maxsize=512)
 def _shape_of(kinds: tuple[str, ...]) -> tuple[Route, tuple[int, ...]] | None:
     """The first route (most specific first) whose shape a path of these kinds fits, with the
@@ -127,8 +119,10 @@ def _shape_of(kinds: tuple[str, ...]) -> tuple[Route, tuple[int, ...]] | None:
 
 def route(method: str, segments: list[str]) -> Match:
     """The interaction a method and path (split on ``/``, below the base) name; 404 or 405."""
+    # each segment's kind, which is all that decides the shapes it fits: the literal it is (or
+    # empty), "$" (an operation's name) or "*" (anything else: fits a placeholder)
     found = _shape_of(tuple([s if s in _LITERALS or not s else "$" if s[0] == "$" and len(s) > 1 else "*"
-                             for s in segments]))  # _kind of each, inline (a call per segment costs more)
+                             for s in segments]))
     if found is None:
         raise NotFound("No such endpoint")
     candidate, (t, i, v, c, o) = found

@@ -16,7 +16,8 @@ negotiation, no ETag, no error boundary. The driver stack is chosen by
   parameters), as the server ran its statements before 9c8ab21;
 - ``raw``: the driver alone, no SQLAlchemy: aiosqlite (a lazily grown pool of at most
   ``BENCH_FLOOR_POOL`` autocommit connections, one ``execute_fetchall`` per request)
-  or asyncpg (``asyncpg.create_pool``, one ``fetchval`` per request);
+  or asyncpg (``asyncpg.create_pool`` with no reset query on release, as the server's read
+  pool, ``storage/pg_reader.py``; one ``fetchval`` per request);
 - ``sqlite3`` (SQLite only): the synchronous sqlite3 module on the event loop thread, one
   connection, as the server's SQLite read sessions run since commit 71f9a35 (with the same
   ``PRAGMA mmap_size``, ``storage/sqlite_inline.MMAP_BYTES``).
@@ -146,8 +147,11 @@ async def _raw_sqlite(url: str, partition: str) -> tuple[Fetch, Callable[[], Awa
 async def _raw_postgres(url: str, partition: str) -> tuple[Fetch, Callable[[], Awaitable[None]]]:
     import asyncpg
 
+    from fhir_ctms.storage.pg_reader import keep_session
+
     dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    pool = await asyncpg.create_pool(dsn, min_size=5, max_size=POOL)
+    # without the reset round trip on release, as the server's read pool (pg_reader.keep_session)
+    pool = await asyncpg.create_pool(dsn, min_size=5, max_size=POOL, reset=keep_session)
     sql = "SELECT content FROM resources WHERE partition = $1 AND res_type = $2 AND res_id = $3"
 
     async def fetch(rid: str) -> str | None:

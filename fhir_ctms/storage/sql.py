@@ -20,7 +20,6 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from functools import lru_cache
 from typing import Any
 
 import asyncpg
@@ -32,7 +31,8 @@ from ..errors import BadRequest, Conflict, ServiceUnavailable
 from ..search.query import Include, SearchQuery
 from . import search_sql as plans
 from .search_sql import Builder, Plan, Unsupported, count_sql, include_sql, phases, plan, probes, search_sql
-from .sqlite_inline import InlineConnection, InlineRead, InlineWriter, transient
+from .pg_reader import PgReader, dollar
+from .sqlite_inline import InlineConnection, InlineWriter, ReadOnly, transient
 from .repository import (GENESIS, INDEX_COLUMNS, ChainHead, ChainLink, HistoryQuery, IndexRow, Repository, Session, Stored,
                          VersionConflict)
 
@@ -106,22 +106,16 @@ class _Driver:
         self.raw = raw
         self.pg = pg
 
-    @staticmethod
-    @lru_cache(maxsize=512)
-    def _dollar(sql: str) -> str:
-        parts = sql.split("?")
-        return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
-
     async def fetch(self, sql: str, *params: Any) -> list[Any]:
         if self.pg:
-            return await self.raw.fetch(self._dollar(sql), *params)
+            return await self.raw.fetch(dollar(sql), *params)
         return list(await self.raw.execute_fetchall(sql, params))
 
     async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
         if self.pg:
-            await self.raw.executemany(self._dollar(sql), rows)
+            await self.raw.executemany(dollar(sql), rows)
         else:
             await self.raw.executemany(sql, rows)
 
@@ -309,6 +303,8 @@ class SqlSession(Session):
 
 
 _transient = transient
+#: errors of a read session that may be transient (``transient`` tells): 503, retry
+_READ_ERRORS = (sqlite3.OperationalError, asyncpg.PostgresError)
 
 
 def _busy(exc: BaseException) -> ServiceUnavailable:
@@ -323,8 +319,11 @@ class SqlRepository(Repository):
         file_sqlite = engine.dialect.name == "sqlite" and db not in (None, "", ":memory:") and "mode=memory" not in db
         # SQLite files: sessions run inline (sqlite_inline.py); an in-memory SQLite database
         # (one connection's private copy) and PostgreSQL go through the engine
-        self._reader = InlineConnection(db, write=False) if file_sqlite else None
+        self._reader: InlineConnection | PgReader | None = InlineConnection(db, write=False) if file_sqlite else None
         self._writer = InlineWriter(db) if file_sqlite else None
+        # PostgreSQL: read sessions on a plain asyncpg pool (pg_reader.py)
+        if engine.dialect.name == "postgresql":
+            self._reader = PgReader(engine)
         # in-memory SQLite through the engine: writers of this process queue here
         self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" and not file_sqlite else None
 
@@ -334,7 +333,7 @@ class SqlRepository(Repository):
 
     def session(self, *, write: bool) -> AbstractAsyncContextManager[Session]:
         if self._reader is not None and not write:
-            return InlineRead(SqlSession(None, self._reader, self.partition), _busy)
+            return ReadOnly(SqlSession(None, self._reader, self.partition), _busy, _READ_ERRORS)
         if self._writer is not None:
             return self._inline_write()
         return self._any_session(write)
@@ -366,11 +365,9 @@ class SqlRepository(Repository):
         try:
             async with self.engine.connect() as conn:
                 pg = conn.dialect.name == "postgresql"
-                if not write:
+                if not write:  # (in-memory SQLite only: the other databases have their readers)
                     # a read session: no transaction round trips, every statement atomic
                     # (SQLite's driver is in autocommit already and the begin hook adds nothing)
-                    if pg:
-                        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                     raw = await conn.get_raw_connection()
                     yield SqlSession(conn, _Driver(raw.driver_connection, pg), self.partition)
                     return
@@ -391,6 +388,8 @@ class SqlRepository(Repository):
     async def close(self) -> None:
         if self._writer is not None:
             await self._writer.aclose()  # after its checkpoint, if one is running
-        if self._reader is not None:
+        if isinstance(self._reader, PgReader):
+            await self._reader.close()
+        elif self._reader is not None:
             self._reader.close()
         await self.engine.dispose()

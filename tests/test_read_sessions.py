@@ -97,3 +97,4 @@ async def test_a_postgresql_read_is_one_statement(repo: SqlRepository, backend: 
         for connection in connections:
             connection._query_loggers.clear()
     assert len(sent) == 3 and all(q.startswith("SELECT") and "FROM resources" in q for q in sent), sent
+

@@ -32,7 +32,7 @@ from ..search.query import Include, SearchQuery
 from . import search_sql as plans
 from .search_sql import Builder, Plan, Unsupported, count_sql, include_sql, phases, plan, probes, search_sql
 from .pg_reader import PgReader, dollar
-from .sqlite_inline import InlineConnection, InlineWriter, ReadOnly, transient
+from .sqlite_inline import InlineConnection, InlineWriter, transient
 from .repository import (GENESIS, INDEX_COLUMNS, ChainHead, ChainLink, HistoryQuery, IndexRow, Repository, Session, Stored,
                          VersionConflict)
 
@@ -311,19 +311,38 @@ def _busy(exc: BaseException) -> ServiceUnavailable:
     return ServiceUnavailable("The database is busy; retry the request", headers={"Retry-After": "1"})
 
 
+class _ReadOnly:
+    """A read session that needs nothing opened or closed (the inline SQLite reader, the
+    PostgreSQL read pool), as a context manager that turns a transient database error into a
+    503. A plain class: a generator-based context manager cost more than the primary-key read
+    itself."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: SqlSession) -> None:
+        self.session = session
+
+    async def __aenter__(self) -> SqlSession:
+        return self.session
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, _READ_ERRORS) and transient(exc):
+            raise _busy(exc) from exc
+
+
 class SqlRepository(Repository):
     def __init__(self, engine: AsyncEngine, partition: str = "default") -> None:
         self.engine = engine
         self.partition = partition
         db = engine.url.database
         file_sqlite = engine.dialect.name == "sqlite" and db not in (None, "", ":memory:") and "mode=memory" not in db
-        # SQLite files: sessions run inline (sqlite_inline.py); an in-memory SQLite database
-        # (one connection's private copy) and PostgreSQL go through the engine
-        self._reader: InlineConnection | PgReader | None = InlineConnection(db, write=False) if file_sqlite else None
+        # SQLite files: sessions run inline (sqlite_inline.py); PostgreSQL: read sessions on a
+        # plain asyncpg pool (pg_reader.py), write sessions through the engine; an in-memory
+        # SQLite database (one connection's private copy): every session through the engine
+        self._reader: InlineConnection | PgReader | None = (
+            InlineConnection(db, write=False) if file_sqlite
+            else PgReader(engine) if engine.dialect.name == "postgresql" else None)
         self._writer = InlineWriter(db) if file_sqlite else None
-        # PostgreSQL: read sessions on a plain asyncpg pool (pg_reader.py)
-        if engine.dialect.name == "postgresql":
-            self._reader = PgReader(engine)
         # in-memory SQLite through the engine: writers of this process queue here
         self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" and not file_sqlite else None
 
@@ -333,7 +352,7 @@ class SqlRepository(Repository):
 
     def session(self, *, write: bool) -> AbstractAsyncContextManager[Session]:
         if self._reader is not None and not write:
-            return ReadOnly(SqlSession(None, self._reader, self.partition), _busy, _READ_ERRORS)
+            return _ReadOnly(SqlSession(None, self._reader, self.partition))
         if self._writer is not None:
             return self._inline_write()
         return self._any_session(write)

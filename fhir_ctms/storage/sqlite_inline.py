@@ -302,25 +302,3 @@ class InlineWriter:
 
     def close(self) -> None:
         self.connection.close()
-
-
-class ReadOnly:
-    """A read session that needs nothing opened or closed (the inline SQLite reader, the
-    PostgreSQL read pool), as a context manager that turns a transient database error into
-    ``busy(exc)``. A plain class: a generator-based context manager cost more than the
-    primary-key read itself."""
-
-    __slots__ = ("session", "busy", "errors")
-
-    def __init__(self, session: Any, busy: Callable[[BaseException], BaseException],
-                 errors: tuple[type[BaseException], ...]) -> None:
-        self.session = session
-        self.busy = busy
-        self.errors = errors
-
-    async def __aenter__(self) -> Any:
-        return self.session
-
-    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        if isinstance(exc, self.errors) and transient(exc):
-            raise self.busy(exc) from exc

@@ -70,16 +70,19 @@ def bearer(token: str) -> dict[str, str]:
 
 def minter(store: AuthStore, *, fhir: str = BASE, client_id: str = "secret-app"
            ) -> Callable[..., Awaitable[dict[str, str]]]:
-    """``mint(scope, *, subject="alice", context=None, roles=())``: the Authorization header of an
-    access token for ``fhir`` signed by the server's key ring (ES384, an hour), as if
-    ``client_id`` had been granted ``scope``, without the authorization flow."""
+    """``mint(scope, *, subject="alice", context=None, roles=(), client=None, claims=None)``: the
+    Authorization header of an access token for ``fhir`` signed by the server's key ring (ES384,
+    an hour), as if ``client`` (default ``client_id``) had been granted ``scope``, without the
+    authorization flow; ``claims`` are set over the token's own (to forge odd tokens)."""
     ring = KeyRing(store, "ES384", 3600)
 
     async def mint(scope: str, *, subject: str = "alice", context: dict[str, Any] | None = None,
-                   roles: tuple[str, ...] = ()) -> dict[str, str]:
+                   roles: tuple[str, ...] = (), client: str | None = None,
+                   claims: dict[str, Any] | None = None) -> dict[str, str]:
         key, record = await ring.signer()
-        body = access_claims(issuer=fhir, audience=fhir, client_id=client_id, subject=subject,
+        body = access_claims(issuer=fhir, audience=fhir, client_id=client or client_id, subject=subject,
                              scope=scope, lifetime=3600, context=context or {}, roles=roles)
+        body.update(claims or {})
         return bearer(sign(key, record.kid, record.alg, body, ACCESS_TYP))
     return mint
 

@@ -15,12 +15,12 @@ import pytest
 import pytest_asyncio
 
 from fhir_ctms.auth.keys import KeyRing
-from fhir_ctms.auth.tokens import ACCESS_TYP, access_claims, sign
+from fhir_ctms.auth.tokens import sign
 from fhir_ctms.storage.auth_store import AuthStore
 
 from .conftest import empty_tables, make_client
 from .fhir import outcome_codes
-from .smart import ASSERTION, REDIRECT, assertion, authorize_params, log_in, pkce_pair, query, register
+from .smart import ASSERTION, REDIRECT, assertion, authorize_params, log_in, minter, pkce_pair, query, register
 
 FHIR = "http://testserver/fhir"
 TOKEN = "http://testserver/auth/token"
@@ -60,16 +60,12 @@ async def env(repo):
     await empty_tables(repo)
     store = AuthStore(repo.engine)
     keys = await register(store)
-    ring = KeyRing(store, "ES384", 3600)
+    signed = minter(store, fhir=FHIR)
 
     async def mint(scope: str, *, patient: str | None = None, fhir_user: str | None = None,
                    client_id: str = "secret-app", sub: str = "alice", **claims: object) -> dict[str, str]:
-        key, record = await ring.signer()
         context = {k: v for k, v in (("patient", patient), ("fhirUser", fhir_user)) if v}
-        body = access_claims(issuer=FHIR, audience=FHIR, client_id=client_id, subject=sub, scope=scope,
-                             lifetime=3600, context=context)
-        body.update(claims)
-        return {"Authorization": "Bearer " + sign(key, record.kid, record.alg, body, ACCESS_TYP)}
+        return await signed(scope, subject=sub, context=context, client=client_id, claims=claims)
 
     async with make_client(repo) as open_, make_client(repo, auth_enabled=True) as http:
         for resource in DATA:

@@ -16,14 +16,12 @@ import pytest_asyncio
 from fhir.resources.auditevent import AuditEvent
 
 from fhir_ctms.audit.chain import verify
-from fhir_ctms.auth.keys import KeyRing
-from fhir_ctms.auth.tokens import ACCESS_TYP, access_claims, sign
 from fhir_ctms.interactions import persist
 from fhir_ctms.resources.bindings import check_required_bindings
 from fhir_ctms.storage.auth_store import AuthStore
 
 from .conftest import empty_tables, make_client
-from .smart import SECRET, authorize_params, log_in, pkce_pair, register
+from .smart import SECRET, authorize_params, log_in, minter, pkce_pair, register
 
 FHIR = "http://testserver/fhir"
 AUTH = "http://testserver/auth"
@@ -45,15 +43,12 @@ async def env(repo):
     await empty_tables(repo)
     store = AuthStore(repo.engine)
     await register(store)
-    ring = KeyRing(store, "ES384", 3600)
+    signed = minter(store, fhir=FHIR)
 
     async def mint(scope: str, *, patient: str | None = None, client_id: str = "secret-app", sub: str = "alice",
                    **claims: object) -> dict[str, str]:
-        key, record = await ring.signer()
-        body = access_claims(issuer=FHIR, audience=FHIR, client_id=client_id, subject=sub, scope=scope,
-                             lifetime=3600, context={"patient": patient} if patient else {})
-        body.update(claims)
-        return {"Authorization": "Bearer " + sign(key, record.kid, record.alg, body, ACCESS_TYP)}
+        return await signed(scope, subject=sub, context={"patient": patient} if patient else {},
+                            client=client_id, claims=claims)
 
     async with make_client(repo) as open_, make_client(repo, auth_enabled=True) as http:
         for resource in DATA:

@@ -46,13 +46,15 @@ async def search_all(s: Session, q: Any) -> list[dict[str, Any]]:
         after = rows[-1][1]
 
 
-async def search(s: Session, rtype: str, name: str, values: list[str]) -> list[dict[str, Any]]:
+async def search(s: Session, rtype: str, name: str, values: list[str],
+                 also: tuple[tuple[str, str], ...] = ()) -> list[dict[str, Any]]:
     """The current resources of ``rtype`` whose search parameter ``name`` is one of ``values``
-    (one search per chunk of values, commas in a value escaped; none when ``values`` is empty)."""
+    and that match the search parameters ``also`` (one search per chunk of values, commas in a
+    value escaped; none when ``values`` is empty)."""
     out: list[dict[str, Any]] = []
     for n in range(0, len(values), CHUNK):
         value = ",".join(v.replace(",", "\\,") for v in values[n:n + CHUNK])
-        out += await search_all(s, parse((rtype,), [(name, value)], strict=True))
+        out += await search_all(s, parse((rtype,), [(name, value), *also], strict=True))
     return out
 
 

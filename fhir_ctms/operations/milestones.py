@@ -46,7 +46,6 @@ from .enrollment import CSV_FORMATS, _as_of
 
 _OWN = {"date", "state"}
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_CHUNK = 50
 VISIT_PLAN = "http://fhir-ctms.org/fhir/sid/visit-plan"
 #: search result parameters: they shape a Bundle, which this operation does not return
 _RESULT = {"_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_total",
@@ -135,24 +134,18 @@ async def _visits(s: Session, subjects: list[str]) -> dict[str, list[dt.date]]:
     ``ctms-visit-plan`` CarePlans (identifier ``visit-plan|<ResearchSubject id>``), then the
     completed Encounters ``basedOn`` them (profiles/README.md, the schedule of activities)."""
     plans: dict[str, str] = {}
-    for n in range(0, len(subjects), _CHUNK):
-        value = ",".join(f"{VISIT_PLAN}|{i}" for i in subjects[n:n + _CHUNK])
-        q = parse(("CarePlan",), [("identifier", value)], strict=True)
-        for plan in await tree.search_all(s, q):
-            for ident in plan.get("identifier") or []:
-                if ident.get("system") == VISIT_PLAN and ident.get("value") in subjects:
-                    plans[plan["id"]] = ident["value"]
+    for plan in await tree.search(s, "CarePlan", "identifier", [f"{VISIT_PLAN}|{i}" for i in subjects]):
+        for ident in plan.get("identifier") or []:
+            if ident.get("system") == VISIT_PLAN and ident.get("value") in subjects:
+                plans[plan["id"]] = ident["value"]
     out: dict[str, list[dt.date]] = {}
-    ids = sorted(plans)
-    for n in range(0, len(ids), _CHUNK):
-        value = ",".join(f"CarePlan/{i}" for i in ids[n:n + _CHUNK])
-        q = parse(("Encounter",), [("based-on", value), ("status", "completed")], strict=True)
-        for enc in await tree.search_all(s, q):
-            day = parse_date((enc.get("actualPeriod") or {}).get("start"))
-            for ref in enc.get("basedOn") or []:
-                plan = en.ref_id(ref, "CarePlan")
-                if day is not None and plan in plans:
-                    out.setdefault(plans[plan], []).append(day)
+    for enc in await tree.search(s, "Encounter", "based-on", [f"CarePlan/{i}" for i in sorted(plans)],
+                                 also=(("status", "completed"),)):
+        day = parse_date((enc.get("actualPeriod") or {}).get("start"))
+        for ref in enc.get("basedOn") or []:
+            plan = en.ref_id(ref, "CarePlan")
+            if day is not None and plan in plans:
+                out.setdefault(plans[plan], []).append(day)
     return out
 
 

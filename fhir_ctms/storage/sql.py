@@ -302,7 +302,6 @@ class SqlSession(Session):
         return [ChainLink(*row) for row in rows]
 
 
-_transient = transient
 #: errors of a read session that may be transient (``transient`` tells): 503, retry
 _READ_ERRORS = (sqlite3.OperationalError, asyncpg.PostgresError)
 
@@ -366,7 +365,7 @@ class SqlRepository(Repository):
         except VersionConflict as exc:  # a key written twice: refuse (the session rolled back)
             raise Conflict(str(exc)) from exc
         except sqlite3.OperationalError as exc:
-            if _transient(exc):
+            if transient(exc):
                 raise _busy(exc) from exc
             raise
 
@@ -400,7 +399,7 @@ class SqlRepository(Repository):
         except VersionConflict as exc:  # a key written twice (found at any flush): refuse, roll back
             raise Conflict(str(exc)) from exc
         except (OperationalError, DBAPIError, sqlite3.OperationalError, asyncpg.PostgresError) as exc:
-            if _transient(exc):
+            if transient(exc):
                 raise _busy(exc) from exc
             raise
 
